@@ -1,0 +1,184 @@
+"""Turn events into a table, explanations and the one summary line.
+
+Pure: events (dicts or Int3Event) in, text out. The table is rendered with
+tabulate; colour, when wanted, goes through core.style.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import re
+from typing import Iterable
+
+from .insn import classify_bytes
+from .verdict import FAIL_VERDICTS, Int3Event, verdict_class
+
+HEADERS = ("site", "installing", "emulated", "target", "verdict", "count", "cpus")
+
+
+def _fmt_addr_sym(addr: int | None, sym: str) -> str:
+    if addr is None:
+        return "-"
+    return sym if sym else f"{addr:#x}"
+
+
+def group_rows(events: Iterable[Int3Event]) -> list[tuple]:
+    """One row per (site, installed insn, emulated kind, target, verdict)."""
+    counts: dict[tuple, list] = collections.OrderedDict()
+    for ev in events:
+        installing = classify_bytes(ev.entry.installed) if ev.entry else "-"
+        emulated = ev.expected.kind if ev.expected else "-"
+        if ev.expected and ev.expected.target is not None:
+            target = _fmt_addr_sym(ev.expected.target, ev.target_sym)
+        else:
+            target = "-"
+        key = (_fmt_addr_sym(ev.site, ev.site_sym), installing, emulated, target, ev.verdict)
+        slot = counts.setdefault(key, [0, set()])
+        slot[0] += 1
+        slot[1].add(ev.cpu)
+    rows = [key + (n, ",".join(str(c) for c in sorted(cpus))) for key, (n, cpus) in counts.items()]
+    rank = {"failed": 0, "missed": 1, "verified": 2, "other": 3}
+    rows.sort(key=lambda r: (rank[verdict_class(r[4])], -r[5], r[0]))
+    return rows
+
+
+def render_table(rows: list[tuple], headers=HEADERS) -> str:
+    from tabulate import tabulate  # imported here so the core imports without it
+
+    if not rows:
+        return "(no int3 events)"
+    return tabulate(rows, headers=headers, tablefmt="simple", colalign=(
+        "left", "left", "left", "left", "left", "right", "left"))
+
+
+def explanations(events: Iterable[Int3Event], per_verdict: int = 5) -> list[str]:
+    """Short lines for FAIL-class and MISSED events: what was expected, what was seen."""
+    out: list[str] = []
+    shown: collections.Counter = collections.Counter()
+    hidden: collections.Counter = collections.Counter()
+    for ev in events:
+        if ev.verdict not in FAIL_VERDICTS and ev.verdict != "MISSED":
+            continue
+        if shown[ev.verdict] >= per_verdict:
+            hidden[ev.verdict] += 1
+            continue
+        shown[ev.verdict] += 1
+        where = _fmt_addr_sym(ev.site, ev.site_sym)
+        out.append(f"{ev.verdict} #{ev.seq} cpu{ev.cpu} at {where} ({ev.site:#x}): " + "; ".join(ev.reasons))
+    for v, n in hidden.items():
+        out.append(f"{v}: {n} more like the above (see the JSON event log)")
+    return out
+
+
+@dataclasses.dataclass
+class GuestResult:
+    """What the guest said on its serial console (lines starting 'GDB_FTRACE:')."""
+
+    booted: bool = False
+    kernel: str = ""
+    scenario: str = ""
+    reads: int | None = None
+    unpatched: int | None = None
+    end_status: str | None = None  # "ok", "error" or None (never said END)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    crashes: list[str] = dataclasses.field(default_factory=list)
+    last_line: str = ""
+    progress: str = ""
+
+
+_CRASH = re.compile(r"(Kernel panic|Oops|BUG:|general protection fault|soft lockup|"
+                    r"hung_task|double fault|stack segment|invalid opcode|RIP: )")
+
+
+def parse_console(text: str) -> GuestResult:
+    g = GuestResult()
+    for raw in text.splitlines():
+        line = raw.strip("\r")
+        if line.strip():
+            g.last_line = line.strip()
+        if _CRASH.search(line) and len(g.crashes) < 20:
+            g.crashes.append(line.strip())
+        if not line.startswith("GDB_FTRACE: "):
+            continue
+        body = line[len("GDB_FTRACE: "):]
+        word, _, rest = body.partition(" ")
+        kv = dict(re.findall(r"(\w+)=(\S+)", rest))
+        if word == "BOOTED":
+            g.booted = True
+            g.kernel = kv.get("kernel", "")
+            g.scenario = kv.get("scenario", "")
+        elif word == "RESULT":
+            g.reads = int(kv["reads"]) if "reads" in kv else None
+            g.unpatched = int(kv["unpatched"]) if "unpatched" in kv else None
+        elif word == "END":
+            g.end_status = kv.get("status")
+        elif word == "ERROR":
+            g.errors.append(rest)
+        g.progress = body
+    return g
+
+
+@dataclasses.dataclass
+class Summary:
+    verified: int
+    failed: int
+    missed: int
+    other: int
+    guest_unpatched: int | None
+    problems: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return (not self.problems and self.failed == 0 and self.missed == 0
+                and self.guest_unpatched == 0 and self.verified > 0)
+
+    def line(self) -> str:
+        gu = -1 if self.guest_unpatched is None else self.guest_unpatched
+        return (f"ftrace-int3 check: {'PASS' if self.passed else 'FAIL'} verified={self.verified} "
+                f"failed={self.failed} missed={self.missed} other={self.other} guest_unpatched={gu}")
+
+
+def summarize(events: list[Int3Event], guest: GuestResult | None,
+              problems: Iterable[str] = ()) -> Summary:
+    counts = collections.Counter(verdict_class(ev.verdict) for ev in events)
+    probs = list(problems)
+    unpatched = None
+    if guest is not None:
+        unpatched = guest.unpatched
+        if not guest.booted:
+            probs.append("the guest never reported that it booted")
+        elif guest.end_status != "ok":
+            probs.append("the guest did not finish its scenario" +
+                         (f": {guest.errors[-1]}" if guest.errors else
+                          f" (last console line: {guest.last_line!r})"))
+        if guest.unpatched is None and guest.booted:
+            probs.append("the guest never reported its read counts (guest_unpatched=-1 means unknown)")
+        for c in guest.crashes[:3]:
+            probs.append(f"guest console: {c}")
+    if counts["verified"] == 0 and not probs:
+        probs.append("no int3 emulation was verified: did the scenario patch any text while a CPU ran into it?")
+    return Summary(counts["verified"], counts["failed"], counts["missed"], counts["other"], unpatched, probs)
+
+
+def load_events(path: str) -> tuple[list[Int3Event], dict]:
+    """Read a JSON-lines event log: ('event' records -> Int3Event, last 'meta' record)."""
+    events: list[Int3Event] = []
+    meta: dict = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                # A crash can cut the last line short; everything before it counts.
+                continue
+            kind = rec.pop("record", "event")
+            if kind == "event":
+                events.append(Int3Event.from_json(rec))
+            elif kind == "meta":
+                meta.update(rec)
+    return events, meta

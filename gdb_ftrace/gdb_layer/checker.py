@@ -1,0 +1,168 @@
+"""The checker: two internal breakpoints and the events they record.
+
+Stops per int3 the kernel takes: one at the handler's first instruction
+(read pt_regs + the gap words, the site bytes, the batch) and one right after
+the handler returns into its caller (read the return value and pt_regs
+again). Each stop costs about 16 ms on QEMU TCG, so stop() reads in bulk and
+does nothing else: it never resumes, steps or changes breakpoints, and it
+always returns False so the guest keeps running.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import time
+import traceback
+
+import gdb
+
+from ..core.layout import GAP_WORDS, decode_struct, u64s
+from ..core.verdict import Int3Event, finalize
+from . import kernel, mem, symbols
+
+REG_FIELDS = ("ip", "sp", "flags", "cs", "ss", "orig_ax")
+
+
+def _cpu() -> int:
+    """vCPU index of the thread that stopped (QEMU numbers threads from 1 per CPU)."""
+    return gdb.selected_thread().num - 1
+
+
+class _Bp(gdb.Breakpoint):
+    def __init__(self, addr: int, callback):
+        super().__init__(f"*{addr:#x}", type=gdb.BP_BREAKPOINT, internal=True)
+        self.silent = True
+        self._callback = callback
+
+    def stop(self) -> bool:
+        self._callback()
+        return False
+
+
+class Checker:
+    """Records one Int3Event per handler entry; see core.verdict for the verdicts."""
+
+    def __init__(self, json_path: str | None = None, echo: bool = False) -> None:
+        self.kinfo = kernel.info()
+        self.events: list[Int3Event] = []
+        self.pending: dict[int, list[Int3Event]] = collections.defaultdict(list)
+        self.errors: list[str] = []
+        self.unmatched_returns = 0
+        self.seq = 0
+        self.echo = echo
+        self.t0 = time.monotonic()
+        self.json_path = json_path
+        self._json = open(json_path, "a", buffering=1) if json_path else None
+        self._bps: list[_Bp] = []
+        if self._json:
+            self._write({"record": "meta", "kernel": self.kinfo.to_json(), "armed_at": time.time()})
+
+    # -- arming ---------------------------------------------------------
+    def arm(self) -> None:
+        self._bps.append(_Bp(self.kinfo.handler, self._guard(self.on_entry)))
+        for _caller, ret in self.kinfo.returns:
+            self._bps.append(_Bp(ret, self._guard(self.on_return)))
+
+    def disarm(self) -> None:
+        for bp in self._bps:
+            if bp.is_valid():
+                bp.delete()
+        self._bps.clear()
+
+    def close(self) -> None:
+        """Disarm, record events whose handler never returned, close the log."""
+        self.disarm()
+        for stack in self.pending.values():
+            for ev in stack:
+                self._complete(ev)
+        self.pending.clear()
+        if self._json:
+            self._write({"record": "meta", "closed_at": time.time(), "errors": self.errors,
+                         "unmatched_returns": self.unmatched_returns})
+            self._json.close()
+            self._json = None
+
+    @property
+    def armed(self) -> bool:
+        return bool(self._bps)
+
+    # -- stops ----------------------------------------------------------
+    def _guard(self, fn):
+        def run():
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - a checker bug must not stop the guest
+                msg = f"{type(e).__name__}: {e}"
+                if len(self.errors) < 50:
+                    self.errors.append(msg)
+                    traceback.print_exc(file=sys.stderr)
+        return run
+
+    def on_entry(self) -> None:
+        k = self.kinfo
+        frame = gdb.newest_frame()
+        regs_addr = int(frame.read_register("rdi")) & ((1 << 64) - 1)
+        size = k.pt_regs.size
+        buf = mem.read(regs_addr, size + 8 * len(GAP_WORDS))
+        before = decode_struct(k.pt_regs, buf, 0, REG_FIELDS)
+        site = (before["ip"] - 1) & ((1 << 64) - 1)
+        self.seq += 1
+        ev = Int3Event(seq=self.seq, cpu=_cpu(), regs_addr=regs_addr, before=before, site=site,
+                       gap=u64s(buf[size:]), t=round(time.monotonic() - self.t0, 6),
+                       handler=k.handler_name)
+        ev.site_bytes = mem.try_read(site, 8) or b""
+        batch = k.read_batch()
+        ev.batch_nr = batch.nr if batch.live else None
+        for e in batch.entries:
+            if e.site == site:
+                ev.entry = e
+                break
+        if ev.entry is not None and ev.entry.opcode == 0xC3:  # RET pops the interrupted stack
+            ev.stack_top = int.from_bytes(mem.read(before["sp"], 8), "little")
+        self.pending[ev.cpu].append(ev)
+
+    def on_return(self) -> None:
+        stack = self.pending.get(_cpu())
+        if not stack:
+            self.unmatched_returns += 1
+            return
+        ev = stack.pop()
+        frame = gdb.newest_frame()
+        ev.ret = int(frame.read_register("rax")) & 0xFFFFFFFF
+        if ev.ret & 0x80000000:
+            ev.ret -= 1 << 32
+        buf = mem.read(ev.regs_addr, self.kinfo.pt_regs.size)
+        ev.after = decode_struct(self.kinfo.pt_regs, buf, 0, ("ip", "sp"))
+        if ev.after["sp"] != ev.before["sp"]:
+            word = mem.try_read(ev.after["sp"], 8)
+            ev.pushed = int.from_bytes(word, "little") if word is not None else None
+        self._complete(ev)
+
+    def _complete(self, ev: Int3Event) -> None:
+        finalize(ev)
+        ev.site_sym = symbols.vmlinux_symbol(ev.site)
+        if ev.expected and ev.expected.target is not None:
+            ev.target_sym = symbols.name_target(ev.expected.target)
+        self.events.append(ev)
+        if self._json:
+            self._write({"record": "event", **ev.to_json()})
+        if self.echo:
+            gdb.write(f"[ftrace-int3] #{ev.seq} cpu{ev.cpu} {ev.site_sym or hex(ev.site)} "
+                      f"{ev.expected.kind if ev.expected else '-'} -> {ev.verdict}\n")
+
+    def _write(self, rec: dict) -> None:
+        self._json.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+_current: Checker | None = None
+
+
+def current() -> Checker | None:
+    return _current
+
+
+def set_current(c: Checker | None) -> None:
+    global _current
+    _current = c

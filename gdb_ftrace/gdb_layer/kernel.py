@@ -1,0 +1,226 @@
+"""What this kernel has: handler, its callers, the batch descriptor, layouts.
+
+Detection is by symbols and DWARF types, never by version number (see
+../shared/kernel-notes.md, Tables 1-2):
+  smp_text_poke_int3_handler + text_poke_array   v6.16+
+  poke_int3_handler + bp_desc (struct)           v6.0 - v6.15 (and backports)
+  poke_int3_handler + bp_desc (pointer)          v5.6 - v5.19
+  ftrace_int3_handler                            v5.2 - v5.5 (not supported yet)
+Everything is resolved lazily and cached until gdb loads a new objfile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gdb  # noqa: F401  (this layer is the only place that imports gdb)
+
+from ..core.disasm import call_return_sites
+from ..core.errors import UserError
+from ..core.insn import MASK64, PokeEntry, decode_vector
+from ..core.layout import PT_REGS_X86_64, Field, StructLayout
+from . import mem
+
+HANDLERS = ("smp_text_poke_int3_handler", "poke_int3_handler")
+CALLERS = ("exc_int3", "do_int3")
+DESCRIPTORS = ("text_poke_array", "bp_desc", "int3_desc")
+LOC_TYPES = ("struct smp_text_poke_loc", "struct text_poke_loc")
+
+
+def symbol_address(name: str) -> int | None:
+    """Address of a function or variable in the loaded symbols, or None."""
+    try:
+        return int(gdb.parse_and_eval(f"(unsigned long)&'{name}'")) & MASK64
+    except gdb.error:
+        return None
+
+
+def lookup_struct(type_name: str):
+    """gdb.Type of `struct NAME` (raises gdb.error when DWARF has no such type)."""
+    return gdb.parse_and_eval(f"({type_name} *)0").dereference().type.strip_typedefs()
+
+
+def struct_layout(type_name: str) -> StructLayout:
+    """Layout of a struct from DWARF: every named member, anonymous unions flattened."""
+    t = lookup_struct(type_name)
+    fields: dict[str, Field] = {}
+
+    def walk(ty, base):
+        for f in ty.fields():
+            off = base + f.bitpos // 8
+            ft = f.type.strip_typedefs()
+            if not f.name:
+                walk(ft, off)
+                continue
+            if f.name in fields:
+                continue
+            signed = False
+            if ft.code == gdb.TYPE_CODE_INT:
+                signed = bool(getattr(ft, "is_signed", False))
+            fields[f.name] = Field(off, ft.sizeof, signed)
+
+    walk(t, 0)
+    return StructLayout(type_name.split()[-1], t.sizeof, fields, "dwarf")
+
+
+@dataclasses.dataclass
+class Batch:
+    """The in-flight batch as the handler would see it."""
+
+    live: bool
+    nr: int
+    entries: list[PokeEntry]
+    desc_addr: int
+
+
+class KernelInfo:
+    """Symbols and layouts of the kernel in gdb, resolved once."""
+
+    def __init__(self) -> None:
+        self.handler_name = next((h for h in HANDLERS if symbol_address(h) is not None), None)
+        if self.handler_name is None:
+            if symbol_address("ftrace_int3_handler") is not None:
+                raise UserError(
+                    "this kernel has ftrace_int3_handler (v5.2-v5.5 era); only poke_int3_handler "
+                    "(v5.6+) and smp_text_poke_int3_handler (v6.16+) are supported so far")
+            raise UserError(
+                "no int3 text-patch handler found (looked for " + ", ".join(HANDLERS) +
+                "): is a vmlinux with symbols loaded? (file /path/to/vmlinux)")
+        self.handler = symbol_address(self.handler_name)
+        self.returns: list[tuple[str, int]] = []
+        for caller in CALLERS:
+            if symbol_address(caller) is None:
+                continue
+            for ret in call_return_sites(self._disassemble(caller), self.handler):
+                self.returns.append((caller, ret))
+        if not self.returns:
+            raise UserError(f"found {self.handler_name} but no call to it in {', '.join(CALLERS)}")
+        self.stext = symbol_address("_stext") or 0
+        self.pt_regs = self._pt_regs_layout()
+        self.loc_type = next((t for t in LOC_TYPES if self._has_type(t)), None)
+        if self.loc_type is None:
+            raise UserError("no DWARF for struct text_poke_loc / smp_text_poke_loc: "
+                            "load the vmlinux with full debug info (the -dbg package)")
+        self.loc = struct_layout(self.loc_type)
+        self.desc_name = next((d for d in DESCRIPTORS if symbol_address(d) is not None), None)
+        if self.desc_name is None:
+            raise UserError("no batch descriptor found (looked for " + ", ".join(DESCRIPTORS) + ")")
+        self.desc_addr = symbol_address(self.desc_name)
+        dtype = gdb.parse_and_eval(f"'{self.desc_name}'").type.strip_typedefs()
+        self.desc_is_pointer = dtype.code == gdb.TYPE_CODE_PTR
+        st = dtype.target().strip_typedefs() if self.desc_is_pointer else dtype
+        self.desc_fields = {f.name: (f.bitpos // 8, f.type.strip_typedefs()) for f in st.fields()}
+        self.desc_size = st.sizeof
+        if "vec" not in self.desc_fields or "nr_entries" not in self.desc_fields:
+            raise UserError(f"{self.desc_name} has no vec/nr_entries; unknown kernel layout")
+        self.vec_inline = self.desc_fields["vec"][1].code == gdb.TYPE_CODE_ARRAY
+        self.has_refs = "refs" in self.desc_fields
+
+    @staticmethod
+    def _has_type(name: str) -> bool:
+        try:
+            lookup_struct(name)
+            return True
+        except gdb.error:
+            return False
+
+    @staticmethod
+    def _disassemble(func: str) -> list[tuple[int, int, str]]:
+        start = symbol_address(func)
+        block = gdb.block_for_pc(start)
+        end = None
+        while block is not None:
+            if block.function is not None:
+                end = block.end
+                break
+            block = block.superblock
+        if end is None:
+            end = start + 1024
+        arch = gdb.selected_frame().architecture() if gdb.selected_inferior().pid else \
+            gdb.selected_inferior().architecture()
+        return [(i["addr"], i["length"], i["asm"]) for i in arch.disassemble(start, end - 1)]
+
+    @staticmethod
+    def _pt_regs_layout() -> StructLayout:
+        try:
+            dwarf = struct_layout("struct pt_regs")
+        except gdb.error:
+            return PT_REGS_X86_64
+        for name in ("ip", "sp", "flags", "orig_ax"):
+            if dwarf.fields.get(name) and dwarf.fields[name].offset != PT_REGS_X86_64.fields[name].offset:
+                raise UserError(f"struct pt_regs.{name} is at {dwarf.fields[name].offset} in DWARF; "
+                                "this is not an x86_64 kernel")
+        if dwarf.size != PT_REGS_X86_64.size:
+            raise UserError(f"sizeof(struct pt_regs) is {dwarf.size}, expected 168 (x86_64)")
+        return PT_REGS_X86_64
+
+    def describe(self) -> list[tuple[str, str]]:
+        era = {"smp_text_poke_int3_handler": "v6.16+ (smp_text_poke_*)",
+               "poke_int3_handler": "v5.6-v6.15 (poke_int3_handler)"}[self.handler_name]
+        desc = f"{self.desc_name} ({'pointer' if self.desc_is_pointer else 'static struct'}" + \
+            (", inline vec" if self.vec_inline else "") + (", refs" if self.has_refs else "") + ")"
+        return [
+            ("era", era),
+            ("handler", f"{self.handler_name} at {self.handler:#x}"),
+            ("returns to", ", ".join(f"{c}+{r - symbol_address(c):#x} ({r:#x})" for c, r in self.returns)),
+            ("batch descriptor", f"{desc} at {self.desc_addr:#x}"),
+            ("batch entry", f"{self.loc_type}, {self.loc.size} bytes: " +
+             ", ".join(f"{n}@{f.offset}" for n, f in self.loc.fields.items())),
+            ("_stext", f"{self.stext:#x}"),
+        ]
+
+    def to_json(self) -> dict:
+        return {"handler": self.handler_name, "handler_addr": self.handler,
+                "returns": [[c, r] for c, r in self.returns], "descriptor": self.desc_name,
+                "desc_is_pointer": self.desc_is_pointer, "loc_type": self.loc_type,
+                "loc_layout": self.loc.to_json(), "stext": self.stext}
+
+    def read_batch(self) -> Batch:
+        """Read the in-flight batch: 1 read for the descriptor, 1 for the vector."""
+        addr = self.desc_addr
+        if self.desc_is_pointer:
+            addr = mem.read_u64(self.desc_addr)
+            if addr == 0:
+                return Batch(False, 0, [], 0)
+        if self.vec_inline:
+            off = self.desc_fields["nr_entries"][0]
+            nr = int.from_bytes(mem.read(addr + off, 4), "little", signed=True)
+            vec = addr + self.desc_fields["vec"][0]
+            live = nr > 0
+        else:
+            hdr = mem.read(addr, self.desc_size)
+            voff = self.desc_fields["vec"][0]
+            noff = self.desc_fields["nr_entries"][0]
+            vec = int.from_bytes(hdr[voff:voff + 8], "little")
+            nr = int.from_bytes(hdr[noff:noff + 4], "little", signed=True)
+            live = True
+            if self.has_refs:
+                roff = self.desc_fields["refs"][0]
+                live = int.from_bytes(hdr[roff:roff + 4], "little", signed=True) != 0
+            live = live and vec != 0 and nr > 0
+        if not live or nr <= 0 or nr > 65536:
+            return Batch(False, max(nr, 0), [], addr)
+        buf = mem.read(vec, nr * self.loc.size)
+        return Batch(True, nr, decode_vector(self.loc, buf, nr, self.stext), addr)
+
+
+_cache: KernelInfo | None = None
+
+
+def info() -> KernelInfo:
+    global _cache
+    if _cache is None:
+        _cache = KernelInfo()
+    return _cache
+
+
+def _invalidate(_event=None) -> None:
+    global _cache
+    _cache = None
+
+
+gdb.events.new_objfile.connect(_invalidate)
+try:
+    gdb.events.clear_objfiles.connect(_invalidate)
+except AttributeError:  # older gdb
+    pass
