@@ -136,9 +136,15 @@ class KernelInfo:
             block = block.superblock
         if end is None:
             end = start + 1024
-        arch = gdb.selected_frame().architecture() if gdb.selected_inferior().pid else \
-            gdb.selected_inferior().architecture()
-        return [(i["addr"], i["length"], i["asm"]) for i in arch.disassemble(start, end - 1)]
+        arch = gdb.selected_inferior().architecture()
+        # Read the code from vmlinux, not the target: before the guest has booted
+        # (QEMU -S) the kernel is not mapped yet.
+        trust = gdb.parameter("trust-readonly-sections")
+        gdb.execute("set trust-readonly-sections on", to_string=True)
+        try:
+            return [(i["addr"], i["length"], i["asm"]) for i in arch.disassemble(start, end - 1)]
+        finally:
+            gdb.execute(f"set trust-readonly-sections {'on' if trust else 'off'}", to_string=True)
 
     @staticmethod
     def _pt_regs_layout() -> StructLayout:

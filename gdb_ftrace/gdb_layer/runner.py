@@ -16,7 +16,7 @@ import time
 import gdb
 
 from ..core.errors import UserError
-from . import checker
+from . import checker, kernel
 
 
 def _say(msg: str) -> None:
@@ -41,6 +41,7 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0) -> None:
     gdb.execute("set confirm off")
     c = None
     try:
+        kernel.info()  # resolve symbols from vmlinux before the guest runs
         connect(target, connect_timeout)
         _say(f"connected to {target}")
         c = checker.Checker(json_path=json_path)

@@ -1,0 +1,50 @@
+# gdb_ftrace -- see README.md.
+#   make check   set up the host, build/reuse the VM, run the default scenario, report
+#   make test    unit tests + integration tests that boot the VM under QEMU
+SHELL := /bin/bash
+# gdb embeds /usr/bin/python3; use the same interpreter for everything.
+PY := /usr/bin/python3
+
+KERNEL   ?=
+SCENARIO ?= livepatch-trace
+TOGGLES  ?= 30
+ACCEL    ?= tcg-single
+KASLR    ?= 0
+JSON     ?=
+TIMEOUT  ?= 600
+
+CHECK_ARGS = --scenario '$(SCENARIO)' --toggles '$(TOGGLES)' --accel '$(ACCEL)' \
+	--kaslr '$(KASLR)' --timeout '$(TIMEOUT)' $(if $(JSON),--json '$(JSON)')
+
+.PHONY: help setup vm check test unit-test integration-test clean
+.DEFAULT_GOAL := help
+
+help:
+	@sed -n '2,3p' Makefile | sed 's/^# *//'
+	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>)"
+	@echo "  make unit-test | integration-test"
+	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=$(TOGGLES) ACCEL=$(ACCEL) KASLR=$(KASLR) JSON=<file> TIMEOUT=$(TIMEOUT)"
+
+setup:
+	@scripts/setup-host
+
+vm: setup
+	@vm-images/build-vm $(KERNEL)
+
+check: setup
+	@vm=$$(vm-images/build-vm --print-dir $(KERNEL)) && \
+	$(PY) scripts/ftrace-int3-check --vm "$$vm" $(CHECK_ARGS)
+
+unit-test: setup
+	$(PY) -m pytest -q tests/unit
+
+integration-test: setup
+	@vm=$$(vm-images/build-vm --print-dir $(KERNEL)) && \
+	GDB_FTRACE_VM="$$vm" GDB_FTRACE_REQUIRE_VM=1 $(PY) -m pytest -v tests/integration
+
+test: setup
+	@vm=$$(vm-images/build-vm --print-dir $(KERNEL)) && \
+	GDB_FTRACE_VM="$$vm" GDB_FTRACE_REQUIRE_VM=1 $(PY) -m pytest -v tests
+
+clean:
+	rm -rf build .pytest_cache
