@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-_CALL = re.compile(r"^\s*call[q]?\s+(?:\*)?(0x[0-9a-fA-F]+)")
+_CALL = re.compile(r"^\s*call[q]?\s+(0x[0-9a-fA-F]+)")
 
 
 def call_return_sites(insns: Iterable[tuple[int, int, str]], callee: int) -> list[int]:

@@ -1,0 +1,104 @@
+"""x86 semantics of what text patching installs (pure; no gdb, no VM)."""
+
+import struct
+
+import pytest
+
+from gdb_ftrace.core import insn
+from gdb_ftrace.core.insn import CF, OF, PF, SF, ZF, PokeEntry, expected_effect
+from gdb_ftrace.core.layout import TEXT_POKE_LOC_V59, TEXT_POKE_LOC_V517
+
+SITE = 0xFFFFFFFF81509644  # cmdline_proc_show+4 on 6.12.117 cloud (IBT: fentry at +4)
+
+
+def entry(opcode, length, disp, text=b"\x00" * 5):
+    return PokeEntry(0, SITE, opcode, length, disp, text)
+
+
+def test_call_pushes_site_plus_5_and_jumps_to_target():
+    # Recorded: CALL to ftrace_caller (0xffffffff81090b20) at cmdline_proc_show+4.
+    disp = 0xFFFFFFFF81090B20 - (SITE + 5)
+    e = expected_effect(entry(insn.CALL, 5, disp), SITE, 0x246, None)
+    assert (e.kind, e.emulate, e.ip, e.sp_delta, e.push) == ("CALL", True, 0xFFFFFFFF81090B20, -8, SITE + 5)
+
+
+def test_jmp32_and_nop5_as_jmp_plus_0():
+    e = expected_effect(entry(insn.JMP32, 5, 0x23F, bytes.fromhex("e93f020000")), SITE, 0, None)
+    assert (e.kind, e.ip, e.sp_delta, e.push) == ("JMP", SITE + 5 + 0x23F, 0, None)
+    nop = expected_effect(entry(insn.JMP32, 5, 0, insn.NOP5), SITE, 0, None)
+    assert (nop.kind, nop.ip) == ("NOP", SITE + 5)
+
+
+def test_jmp8_backwards_and_nop2():
+    e = expected_effect(entry(insn.JMP8, 2, -16, b"\xeb\xf0"), SITE, 0, None)
+    assert e.ip == SITE + 2 - 16 and e.kind == "JMP"
+    nop = expected_effect(entry(insn.JMP8, 2, 0, insn.NOP2), SITE, 0, None)
+    assert (nop.kind, nop.ip) == ("NOP", SITE + 2)
+
+
+def test_ret_pops_the_interrupted_stack_top():
+    e = expected_effect(entry(insn.RET, 1, 0, b"\xc3"), SITE, 0, 0xFFFFFFFF81234567)
+    assert (e.kind, e.ip, e.sp_delta) == ("RET", 0xFFFFFFFF81234567, 8)
+
+
+def test_int3_entry_must_not_be_emulated_and_unknown_opcode_is_bug():
+    assert expected_effect(entry(insn.INT3, 1, 0, b"\xcc"), SITE, 0, None).emulate is False
+    assert expected_effect(entry(0x90, 1, 0, b"\x90"), SITE, 0, None).kind == "BUG"
+
+
+@pytest.mark.parametrize("cc,flags,taken", [
+    (0x0, OF, True), (0x0, 0, False), (0x1, 0, True),  # jo / jno
+    (0x2, CF, True), (0x3, CF, False),  # jb / jae
+    (0x4, ZF, True), (0x5, ZF, False),  # je / jne
+    (0x6, ZF, True), (0x6, CF, True), (0x6, 0, False), (0x7, 0, True),  # jbe / ja
+    (0x8, SF, True), (0x9, SF, False),  # js / jns
+    (0xA, PF, True), (0xB, PF, False),  # jp / jnp
+    (0xC, SF, True), (0xC, SF | OF, False), (0xD, OF, False),  # jl / jge
+    (0xE, ZF, True), (0xE, 0, False), (0xF, 0, True), (0xF, ZF, False), (0xF, SF, False),  # jle / jg
+])
+def test_jcc_condition_from_saved_flags(cc, flags, taken):
+    assert insn.jcc_taken(cc, flags) is taken
+    e = expected_effect(entry(0x70 | cc, 2, 0x10, bytes([0x70 | cc, 0x10])), SITE, flags, None)
+    assert e.ip == (SITE + 2 + 0x10 if taken else SITE + 2)
+
+
+def test_jcc_d32_is_stored_as_jcc8_opcode_with_len_6():
+    # text_poke_loc_init(): opcode = bytes[1] - 0x10, text = bytes[1..5], len 6.
+    e = PokeEntry(0, SITE, 0x74, 6, 0x100, bytes.fromhex("8400010000"))
+    assert e.installed == bytes.fromhex("0f8400010000")
+    assert insn.classify_bytes(e.installed) == "JE32"
+    assert insn.rel_target(e.installed, SITE) == SITE + 6 + 0x100
+    assert expected_effect(e, SITE, ZF, None).ip == SITE + 6 + 0x100
+
+
+@pytest.mark.parametrize("hexbytes,kind", [
+    ("e8abcdef01", "CALL"), ("e900000000", "JMP32"), ("eb05", "JMP8"), ("c3", "RET"), ("cc", "INT3"),
+    ("0f1f440000", "NOP5"), ("6690", "NOP2"), ("7510", "JNE8"), ("0f8f00000000", "JG32"), ("90", "?90"),
+])
+def test_classify_bytes(hexbytes, kind):
+    assert insn.classify_bytes(bytes.fromhex(hexbytes)) == kind
+
+
+def test_decode_entry_v517_layout_recorded_bytes():
+    # A CALL entry as the 6.12 kernel stored it: rel_addr, disp, len, opcode, text, old.
+    stext = 0xFFFFFFFF81000000
+    raw = struct.pack("<iiBB5sB", SITE - stext, -0x478B29, 5, 0xE8, bytes.fromhex("e8d774b8ff"), 0xE8)
+    e = insn.decode_entry(TEXT_POKE_LOC_V517, raw, 0, 0, stext)
+    assert (e.site, e.opcode, e.length, e.disp) == (SITE, 0xE8, 5, -0x478B29)
+    assert insn.rel_target(e.installed, SITE) == SITE + 5 - 0x478B29 == 0xFFFFFFFF81090B20  # ftrace_caller
+
+
+def test_decode_entry_v59_v516_layout_derives_len_from_opcode():
+    """Built from the v5.9-v5.16 documented layout (no `len`, `rel32` instead of
+    `disp`), not recorded from a kernel of that era."""
+    stext = 0xFFFFFFFF81000000
+    raw = struct.pack("<iiB5sB", 0x1234, 0x40, 0xEB, bytes.fromhex("eb40000000"), 0x0F)
+    e = insn.decode_entry(TEXT_POKE_LOC_V59, raw, 0, 3, stext)
+    assert (e.index, e.site, e.opcode, e.length, e.disp) == (3, stext + 0x1234, 0xEB, 2, 0x40)
+    assert expected_effect(e, e.site, 0, None).ip == e.site + 2 + 0x40
+
+
+def test_find_entry_exact_address_only():
+    es = [PokeEntry(i, SITE + 16 * i, insn.JMP32, 5, 0, insn.NOP5) for i in range(4)]
+    assert insn.find_entry(es, SITE + 32).index == 2
+    assert insn.find_entry(es, SITE + 33) is None

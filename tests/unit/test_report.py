@@ -1,0 +1,71 @@
+"""Table, explanations, console parsing and the PASS/FAIL rule."""
+
+import copy
+import os
+
+from conftest import DATA
+
+from gdb_ftrace.core import report
+from gdb_ftrace.core.verdict import judge
+
+RECORDED = os.path.join(DATA, "livepatch-trace-6.12.117-cloud.jsonl")
+SERIAL = os.path.join(DATA, "serial-livepatch-trace-6.12.117-cloud.log")
+
+
+def _events():
+    return report.load_events(RECORDED)[0]
+
+
+def test_table_groups_by_site_insn_target_verdict():
+    rows = report.group_rows(_events())
+    by_key = {(r[0], r[2], r[3], r[4]): r[5] for r in rows}
+    assert by_key[("cmdline_proc_show+0x4", "CALL", "ftrace_caller", "VERIFIED")] == 29
+    assert by_key[("cmdline_proc_show+0x4", "CALL", "ftrace_ops trampoline (klp_ftrace_handler)", "VERIFIED")] == 30
+    assert sum(r[5] for r in rows) == len(_events())
+    text = report.render_table(rows)
+    assert text.splitlines()[0].split()[:5] == ["site", "installing", "emulated", "target", "verdict"]
+    assert "int3_selftest+0x36" in text
+
+
+def test_parse_console_recorded():
+    g = report.parse_console(open(SERIAL).read())
+    assert g.booted and g.kernel == "6.12.117+deb12-cloud-amd64"
+    assert (g.reads, g.unpatched, g.end_status) == (35172, 0, "ok")
+    assert g.crashes == []
+
+
+def test_summary_pass_and_each_way_to_fail():
+    events = _events()
+    guest = report.parse_console(open(SERIAL).read())
+    s = report.summarize(events, guest)
+    assert s.passed
+    assert s.line() == "ftrace-int3 check: PASS verified=234 failed=0 missed=0 other=1 guest_unpatched=0"
+
+    bad = copy.deepcopy(events)
+    ev = next(e for e in bad if e.verdict == "VERIFIED" and e.expected.kind == "CALL")
+    ev.pushed += 1
+    ev.verdict, ev.reasons, ev.expected = judge(ev)
+    s = report.summarize(bad, guest)
+    assert not s.passed and s.failed == 1 and s.line().startswith("ftrace-int3 check: FAIL")
+    assert report.explanations(bad)[0].startswith(f"WRONG-RETURN #{ev.seq} cpu{ev.cpu} at cmdline_proc_show+0x4")
+
+    unpatched = copy.deepcopy(guest)
+    unpatched.unpatched = 3
+    assert not report.summarize(events, unpatched).passed
+
+    crashed = report.parse_console(open(SERIAL).read().split("GDB_FTRACE: TOGGLE 3/30")[0] +
+                                   "[   9.1] Kernel panic - not syncing: Fatal exception in interrupt\n")
+    s = report.summarize(events, crashed)
+    assert not s.passed and s.guest_unpatched is None
+    assert "guest_unpatched=-1" in s.line()
+    assert any("Kernel panic" in p for p in s.problems)
+
+    assert not report.summarize([], guest).passed  # nothing verified is not a pass
+
+
+def test_load_events_survives_a_cut_last_line(tmp_path):
+    lines = open(RECORDED).read().splitlines()
+    p = tmp_path / "cut.jsonl"
+    p.write_text("\n".join(lines[:11]) + "\n" + lines[11][:40])
+    events, meta = report.load_events(str(p))
+    assert len(events) == 10 and meta["kernel"]["descriptor"] == "bp_desc"

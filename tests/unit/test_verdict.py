@@ -1,0 +1,123 @@
+"""Verdict rules on events recorded from a live 6.12.117 cloud kernel under QEMU
+(tests/data/livepatch-trace-6.12.117-cloud.jsonl, `make check` default scenario),
+and on copies of them with one fault injected each: every verdict class must be
+reachable, and each injected fault must produce exactly its verdict."""
+
+import copy
+import os
+
+import pytest
+from conftest import DATA
+
+from gdb_ftrace.core import report, verdict
+from gdb_ftrace.core.verdict import Int3Event, finalize, judge
+
+RECORDED = os.path.join(DATA, "livepatch-trace-6.12.117-cloud.jsonl")
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    events, meta = report.load_events(RECORDED)
+    assert meta["kernel"]["handler"] == "poke_int3_handler"
+    return events
+
+
+def _fresh(ev: Int3Event) -> Int3Event:
+    ev = copy.deepcopy(ev)
+    ev.verdict, ev.reasons, ev.expected = "", [], None
+    return finalize(ev)
+
+
+def _first(events, pred):
+    return copy.deepcopy(next(ev for ev in events if pred(ev)))
+
+
+def _is_call(ev):
+    return ev.verdict == "VERIFIED" and ev.expected.kind == "CALL"
+
+
+def test_rejudging_recorded_events_gives_the_recorded_verdicts(recorded):
+    for ev in recorded:
+        assert _fresh(ev).verdict == ev.verdict, ev.seq
+
+
+def test_recorded_run_has_the_seed_property(recorded):
+    calls = [ev for ev in recorded if _is_call(ev) and ev.site_sym == "cmdline_proc_show+0x4"]
+    assert len(calls) >= 50
+    assert {ev.target_sym for ev in calls} == {"ftrace_caller", "ftrace_ops trampoline (klp_ftrace_handler)"}
+    for ev in calls:
+        assert ev.pushed == ev.site + 5
+        assert ev.after["sp"] == ev.before["sp"] - 8
+    assert all(ev.verdict in ("VERIFIED", "OTHER") for ev in recorded)
+    # The int3 self-test at boot is the one OTHER: not a text-patch int3.
+    assert [ev.site_sym for ev in recorded if ev.verdict == "OTHER"] == ["int3_selftest+0x36"]
+
+
+def test_recorded_gap_words_mirror_the_hardware_frame(recorded):
+    # entry_64.S copies orig_ax, ip, cs, flags, sp, ss below the gap: at handler
+    # entry the six words above pt_regs equal those pt_regs fields.
+    for ev in recorded:
+        b = ev.before
+        assert ev.gap == [b["orig_ax"], b["ip"], b["cs"], b["flags"], b["sp"], b["ss"]]
+
+
+def test_wrong_return_address(recorded):
+    ev = _first(recorded, _is_call)
+    ev.pushed += 3
+    v, reasons, _ = judge(ev)
+    assert v == "WRONG-RETURN" and f"{ev.site + 5:#x}" in reasons[0]
+
+
+def test_wrong_target(recorded):
+    ev = _first(recorded, _is_call)
+    ev.after["ip"] = ev.site + 5  # the pre-seed behaviour: the call site acts as a NOP
+    v, reasons, _ = judge(ev)
+    assert v == "WRONG-TARGET"
+    assert "expected" in reasons[0] and f"{ev.site + 5:#x}" in reasons[0]
+
+
+def test_wrong_stack(recorded):
+    ev = _first(recorded, lambda e: e.verdict == "VERIFIED" and e.expected.kind in ("JMP", "NOP"))
+    ev.after["sp"] -= 8
+    assert judge(ev)[0] == "WRONG-STACK"
+
+
+def test_gap_violation_when_push_lands_in_pt_regs(recorded):
+    ev = _first(recorded, _is_call)
+    # Without the gap pt_regs ends where the interrupted stack begins: the push
+    # at sp-8 lands on regs->ss.
+    ev.regs_addr = ev.before["sp"] - verdict.PT_REGS_SIZE
+    v, reasons, _ = judge(ev)
+    assert v == "GAP-VIOLATION" and "inside the live pt_regs" in reasons[0]
+
+
+def test_missed_when_handler_leaves_a_batch_site(recorded):
+    ev = _first(recorded, _is_call)
+    ev.ret = 0
+    ev.after = dict(ev.before)
+    v, reasons, _ = judge(ev)
+    assert v == "MISSED" and "returned 0" in reasons[0]
+
+
+def test_unexpected_emulation_without_batch_entry(recorded):
+    ev = _first(recorded, lambda e: e.verdict == "OTHER")
+    ev.ret = 1
+    assert judge(ev)[0] == "UNEXPECTED-EMULATION"
+
+
+def test_incomplete_when_handler_never_returned(recorded):
+    ev = _first(recorded, _is_call)
+    ev.ret, ev.after, ev.pushed = None, None, None
+    assert judge(ev)[0] == "INCOMPLETE"
+    assert verdict.verdict_class("INCOMPLETE") == "other"
+
+
+def test_every_verdict_has_a_class():
+    for v in verdict.FAIL_VERDICTS + ("VERIFIED", "MISSED", "OTHER", "INCOMPLETE"):
+        assert verdict.verdict_class(v) in ("verified", "failed", "missed", "other")
+
+
+def test_json_round_trip(recorded):
+    for ev in recorded[:20]:
+        back = Int3Event.from_json(ev.to_json())
+        assert back == ev
