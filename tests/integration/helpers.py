@@ -1,0 +1,91 @@
+import os
+import re
+import signal
+import subprocess
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHECK = os.path.join(ROOT, "scripts", "ftrace-int3-check")
+SUMMARY = re.compile(r"^ftrace-int3 check: (PASS|FAIL) verified=(\d+) failed=(\d+) missed=(\d+) "
+                     r"other=(\d+) guest_unpatched=(-?\d+)$")
+
+
+def summary(stdout: str) -> dict:
+    last = stdout.rstrip("\n").splitlines()[-1]
+    m = SUMMARY.match(last)
+    assert m, f"last line is not the summary line: {last!r}"
+    keys = ("status", "verified", "failed", "missed", "other", "guest_unpatched")
+    return {k: (v if k == "status" else int(v)) for k, v in zip(keys, m.groups())}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def start_check(vm, out, *args):
+    return subprocess.Popen(["/usr/bin/python3", CHECK, "--vm", vm, "--out", str(out), *args],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pid_from_log(stderr_text_or_path, name):
+    m = re.search(rf"{name} pid (\d+)", stderr_text_or_path)
+    return int(m.group(1)) if m else None
+
+
+def kill(pid, sig=signal.SIGKILL):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def pids_matching(substr: str, exe: str) -> list[int]:
+    """Live processes whose argv[0] ends with exe and whose command line contains substr."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].decode(errors="replace").endswith(exe) and \
+                substr.encode() in b" ".join(argv) and alive(int(d)):
+            out.append(int(d))
+    return out
+
+
+def listening_addrs(port: int) -> set[str]:
+    """Local addresses listening on TCP `port` (IPv4 and IPv6), from /proc/net."""
+    addrs = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            local, state = f[1], f[3]
+            hexaddr, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:
+                if width == 8:
+                    addrs.add(".".join(str(b) for b in reversed(bytes.fromhex(hexaddr))))
+                else:
+                    addrs.add(hexaddr)
+    return addrs

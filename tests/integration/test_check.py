@@ -1,0 +1,98 @@
+"""End to end: the real kernel under QEMU, real gdb, the real driver."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+from .helpers import (ROOT, alive, listening_addrs, pids_matching, start_check, summary, wait_for)
+
+
+def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir):
+    """Issue 2 acceptance, as the user types it: `make check` with 30 toggles."""
+    env = dict(os.environ, KERNEL=os.path.basename(vm_dir.rstrip("/")))
+    t0 = time.monotonic()
+    p = subprocess.run(["make", "check"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=900)
+    took = time.monotonic() - t0
+    s = summary(p.stdout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert s["status"] == "PASS"
+    assert s["verified"] >= 50 and s["failed"] == 0 and s["missed"] == 0 and s["guest_unpatched"] == 0
+    # Emulated CALLs at the livepatched function's fentry site, into two targets.
+    call_rows = [l for l in p.stdout.splitlines()
+                 if l.startswith("cmdline_proc_show+") and " CALL " in l and "VERIFIED" in l]
+    targets = {re.split(r"\s{2,}", l)[3] for l in call_rows}
+    assert "ftrace_caller" in targets and len(targets) >= 2, p.stdout
+    # The VM was built before the tests ran: this run must neither download nor build.
+    assert not re.search(r"\[vm\] (downloading|extracting|building|adding)", p.stderr), p.stderr
+    assert "[vm] VM ready" in p.stderr
+    print(f"make check: {took:.1f}s; {p.stdout.splitlines()[-1]}")
+
+
+def test_gdbstub_on_loopback_and_no_qemu_left_when_gdb_is_killed(vm_dir, tmp_path):
+    p = start_check(vm_dir, tmp_path, "--toggles", "200")
+    try:
+        gdb_log = tmp_path / "gdb.log"
+        wait_for(lambda: gdb_log.exists() and "armed on" in gdb_log.read_text(), 120, "the checker to arm")
+        qemu = pids_matching(str(tmp_path), "qemu-system-x86_64")
+        gdbs = pids_matching(str(tmp_path), "gdb")
+        assert len(qemu) == 1 and len(gdbs) == 1, (qemu, gdbs)
+        port = int(re.search(r"tcp:127\.0\.0\.1:(\d+)", (tmp_path / "qemu.log").read_text()).group(1))
+        assert listening_addrs(port) == {"127.0.0.1"}
+        # Let the guest get going, then kill gdb the hard way.
+        wait_for(lambda: "TOGGLE" in (tmp_path / "serial.log").read_text(errors="replace"), 120, "toggling")
+        os.kill(gdbs[0], signal.SIGKILL)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1
+    s = summary(out)
+    assert s["status"] == "FAIL"
+    assert "gdb exited with status" in out or "did not finish" in out, out
+    assert not alive(qemu[0]), "QEMU survived the check"
+    assert pids_matching(str(tmp_path), "qemu-system-x86_64") == []
+    # The events seen before the kill are still reported.
+    assert int(re.search(r"events: (\d+)", out).group(1)) > 0
+
+
+def test_timeout_ends_the_run_with_a_partial_report_and_no_stray_process(vm_dir, tmp_path):
+    t0 = time.monotonic()
+    p = start_check(vm_dir, tmp_path, "--toggles", "100000", "--timeout", "25")
+    out, err = p.communicate(timeout=180)
+    took = time.monotonic() - t0
+    assert p.returncode == 1
+    assert took < 90, took
+    assert "problem: timeout after 25 s" in out
+    s = summary(out)
+    assert s["status"] == "FAIL" and s["guest_unpatched"] == -1
+    assert pids_matching(str(tmp_path), "qemu-system-x86_64") == []
+    assert pids_matching(str(tmp_path), "gdb") == []
+
+
+def test_driver_killed_takes_qemu_and_gdb_with_it(vm_dir, tmp_path):
+    p = start_check(vm_dir, tmp_path, "--toggles", "200")
+    try:
+        gdb_log = tmp_path / "gdb.log"
+        wait_for(lambda: gdb_log.exists() and "armed on" in gdb_log.read_text(), 120, "the checker to arm")
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1 and "interrupted" in out
+    wait_for(lambda: not pids_matching(str(tmp_path), "qemu-system-x86_64"), 10, "QEMU to go")
+    assert pids_matching(str(tmp_path), "gdb") == []
+
+
+def test_bad_make_variables_are_refused_with_a_clear_error(vm_dir):
+    for var, msg in (("TOGGLES=abc", "TOGGLES='abc' must be a whole number"),
+                     ("ACCEL=hvf", "ACCEL='hvf' must be one of tcg-single, tcg-multi, kvm"),
+                     ("SCENARIO=nope", "SCENARIO='nope' does not exist"),
+                     ("KASLR=2", "KASLR='2' must be 0 or 1")):
+        env = dict(os.environ, KERNEL=os.path.basename(vm_dir.rstrip("/")))
+        p = subprocess.run(["make", "check", var], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120, stdin=subprocess.DEVNULL)
+        assert p.returncode != 0 and msg in p.stderr, (var, p.stderr[-500:])

@@ -1,0 +1,49 @@
+"""The ftrace-int3 commands inside real gdb with the real vmlinux (no guest running)."""
+
+import os
+import subprocess
+
+from .helpers import ROOT
+
+LOADER = os.path.join(ROOT, "gdb-ftrace.py")
+
+
+def gdb(vmlinux, *cmds):
+    argv = ["gdb", "-batch", "-nx"] + ([vmlinux] if vmlinux else []) + ["-x", LOADER]
+    for c in cmds:
+        argv += ["-ex", c]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return p.stdout + p.stderr
+
+
+def test_info_names_what_was_found(vm_dir):
+    out = gdb(os.path.join(vm_dir, "vmlinux"), "ftrace-int3 info")
+    assert "poke_int3_handler at 0xffffffff" in out
+    assert "exc_int3+0x" in out
+    assert "bp_desc" in out and "rel_addr@0" in out and "len@8" in out
+
+
+def test_every_subcommand_has_help_with_usage(vm_dir):
+    for sub in ("", " info", " arm", " disarm", " report"):
+        out = gdb(None, f"help ftrace-int3{sub}")
+        lines = out.strip().splitlines()
+        assert lines and lines[0].strip(), sub
+        assert any(l.startswith("Usage: ftrace-int3") for l in lines), (sub, out)
+
+
+def test_user_mistakes_are_gdb_errors_with_a_hint(vm_dir):
+    out = gdb(None, "ftrace-int3 info")
+    assert "no int3 text-patch handler found" in out and "vmlinux" in out
+    out = gdb(os.path.join(vm_dir, "vmlinux"), "ftrace-int3 arm --bogus", "ftrace-int3 disarm",
+              "ftrace-int3 report", "ftrace-int3 report --json /nonexistent/x.jsonl")
+    assert "unrecognized arguments: --bogus" in out
+    assert "ftrace-int3 is not armed" in out
+    assert "no events: run 'ftrace-int3 arm' first" in out
+    assert "cannot read /nonexistent/x.jsonl" in out
+
+
+def test_report_from_a_recorded_event_log(vm_dir):
+    log = os.path.join(ROOT, "tests", "data", "livepatch-trace-6.12.117-cloud.jsonl")
+    out = gdb(None, f"ftrace-int3 report --json {log}")
+    assert "cmdline_proc_show+0x4" in out
+    assert "events=235 verified=234 failed=0 missed=0 other=1" in out
