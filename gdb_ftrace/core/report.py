@@ -13,7 +13,7 @@ import re
 from typing import Iterable
 
 from .insn import classify_bytes
-from .verdict import FAIL_VERDICTS, Int3Event, verdict_class
+from .verdict import FAIL_VERDICTS, Int3Event, finalize, verdict_class
 
 HEADERS = ("site", "installing", "emulated", "target", "verdict", "count", "cpus")
 
@@ -165,6 +165,7 @@ def summarize(events: list[Int3Event], guest: GuestResult | None,
 def load_events(path: str) -> tuple[list[Int3Event], dict]:
     """Read a JSON-lines event log: ('event' records -> Int3Event, last 'meta' record)."""
     events: list[Int3Event] = []
+    entries: dict[int, Int3Event] = {}
     meta: dict = {}
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -178,7 +179,15 @@ def load_events(path: str) -> tuple[list[Int3Event], dict]:
                 continue
             kind = rec.pop("record", "event")
             if kind == "event":
-                events.append(Int3Event.from_json(rec))
+                ev = Int3Event.from_json(rec)
+                events.append(ev)
+                entries.pop(ev.seq, None)
+            elif kind == "entry":
+                ev = Int3Event.from_json(rec)
+                entries[ev.seq] = ev
             elif kind == "meta":
                 meta.update(rec)
+    # Handler entries whose return was never recorded (gdb or the guest died).
+    for ev in entries.values():
+        events.append(finalize(ev))
     return events, meta

@@ -122,6 +122,8 @@ class Checker:
         if ev.entry is not None and ev.entry.opcode == 0xC3:  # RET pops the interrupted stack
             ev.stack_top = int.from_bytes(mem.read(before["sp"], 8), "little")
         self.pending[ev.cpu].append(ev)
+        if self._json:  # so that a crash before the return still leaves the entry
+            self._write({"record": "entry", **ev.to_json()})
 
     def on_return(self) -> None:
         stack = self.pending.get(_cpu())

@@ -69,3 +69,19 @@ def test_load_events_survives_a_cut_last_line(tmp_path):
     p.write_text("\n".join(lines[:11]) + "\n" + lines[11][:40])
     events, meta = report.load_events(str(p))
     assert len(events) == 10 and meta["kernel"]["descriptor"] == "bp_desc"
+
+
+def test_an_entry_without_its_return_becomes_incomplete(tmp_path):
+    """gdb writes an 'entry' record at the handler entry and the 'event' at its return;
+    a run cut between the two still reports the entry."""
+    import json
+
+    lines = [l for l in open(RECORDED).read().splitlines() if '"record": "event"' in l]
+    last = json.loads(lines[-1])
+    entry = dict(last, record="entry", ret=None, after=None, pushed=None, verdict="", reasons=[], expected=None)
+    p = tmp_path / "cut.jsonl"
+    p.write_text("\n".join(lines[:-1] + [json.dumps(entry)]) + "\n")
+    events, _ = report.load_events(str(p))
+    assert len(events) == len(lines)
+    assert events[-1].seq == last["seq"] and events[-1].verdict == "INCOMPLETE"
+    assert report.summarize(events, None).other == 2
