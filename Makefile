@@ -2,6 +2,8 @@
 #   make check   set up the host, build/reuse the VM, run the default scenario, report
 #   make test    unit tests + integration tests that boot the VM under QEMU
 SHELL := /bin/bash
+# The summary line must stay the last line of output, also under make -C / nested make.
+MAKEFLAGS += --no-print-directory
 # gdb embeds /usr/bin/python3; use the same interpreter for everything.
 PY := /usr/bin/python3
 
