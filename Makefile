@@ -18,12 +18,13 @@ TIMEOUT  ?= 600
 CHECK_ARGS = --scenario '$(SCENARIO)' --toggles '$(TOGGLES)' --accel '$(ACCEL)' \
 	--kaslr '$(KASLR)' --timeout '$(TIMEOUT)' $(if $(JSON),--json '$(JSON)')
 
-.PHONY: help setup vm check test unit-test integration-test clean
+.PHONY: help setup vm check bench test unit-test integration-test clean
 .DEFAULT_GOAL := help
 
 help:
 	@sed -n '2,3p' Makefile | sed 's/^# *//'
 	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>)"
+	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed"
 	@echo "  make unit-test | integration-test"
 	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=$(TOGGLES) ACCEL=$(ACCEL) KASLR=$(KASLR) JSON=<file> TIMEOUT=$(TIMEOUT)"
 
@@ -37,6 +38,10 @@ vm: setup
 check:
 	@scripts/setup-host || { echo "ftrace-int3 check: FAIL verified=0 failed=0 missed=0 other=0 guest_unpatched=-1"; exit 1; }
 	@$(PY) scripts/ftrace-int3-check --kernel '$(KERNEL)' $(CHECK_ARGS)
+
+# What the checker costs, side by side in one run: no gdb / gdb attached / armed.
+bench: setup
+	@$(PY) scripts/bench-stops $(if $(KERNEL),--kernel '$(KERNEL)') --toggles '$(TOGGLES)'
 
 unit-test: setup
 	$(PY) -m pytest -q tests/unit

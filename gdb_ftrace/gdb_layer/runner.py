@@ -36,7 +36,8 @@ def connect(target: str, timeout: float) -> None:
             time.sleep(0.2)
 
 
-def run(target: str, json_path: str, connect_timeout: float = 30.0) -> None:
+def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = True) -> None:
+    """arm=False only attaches (no breakpoint): the baseline of scripts/bench-stops."""
     gdb.execute("set pagination off")
     gdb.execute("set confirm off")
     c = None
@@ -44,11 +45,12 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0) -> None:
         kernel.info()  # resolve symbols from vmlinux before the guest runs
         connect(target, connect_timeout)
         _say(f"connected to {target}")
-        c = checker.Checker(json_path=json_path)
-        c.arm()
-        checker.set_current(c)
-        _say(f"armed on {c.kinfo.handler_name}; returns at "
-             + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
+        if arm:
+            c = checker.Checker(json_path=json_path)
+            c.arm()
+            checker.set_current(c)
+            _say(f"armed on {c.kinfo.handler_name}; returns at "
+                 + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
         while True:
             try:
                 gdb.execute("continue", to_string=False)
