@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import gdb  # noqa: F401  (this layer is the only place that imports gdb)
+import gdb  # only this layer imports gdb
 
 from ..core.disasm import call_return_sites
 from ..core.errors import UserError
