@@ -9,7 +9,7 @@
 MARKER=gdb_ftrace-livepatched-cmdline
 LP=gdb_ftrace_lp
 
-run_scenario() {
+load_livepatch() {
 	taskset -p 1 $$ >/dev/null || return 1
 	read -r before </proc/cmdline
 	[ "$before" != "$MARKER" ] || { say "ERROR marker seen before the livepatch was loaded"; return 1; }
@@ -24,12 +24,15 @@ run_scenario() {
 	read -r after </proc/cmdline
 	[ "$after" = "$MARKER" ] || { say "ERROR livepatch loaded but /proc/cmdline reads '$after'"; return 1; }
 	say "LIVEPATCH enabled=$(cat /sys/kernel/livepatch/$LP/enabled) transition=done"
+}
 
+start_reader() {
 	taskset 2 sh /helpers/cmdline-reader.sh "$MARKER" &
 	rpid=$!
 	while [ ! -e /tmp/reader.up ]; do sleep 0.1; done
+}
 
-	echo cmdline_proc_show >$TRACING/set_ftrace_filter || return 1
+toggle_tracer() {
 	t=0
 	while [ $t -lt "$TOGGLES" ]; do
 		echo function >$TRACING/current_tracer || return 1
@@ -37,10 +40,20 @@ run_scenario() {
 		t=$((t + 1))
 		say "TOGGLE $t/$TOGGLES"
 	done
-	echo >$TRACING/set_ftrace_filter
+}
 
+stop_reader() {
 	touch /tmp/stop
 	wait $rpid
 	read -r reads unpatched </tmp/reader.out
-	say "RESULT scenario=livepatch-trace toggles=$TOGGLES reads=$reads unpatched=$unpatched"
+	say "RESULT scenario=$1 toggles=$TOGGLES reads=$reads unpatched=$unpatched"
+}
+
+run_scenario() {
+	load_livepatch || return 1
+	start_reader || return 1
+	echo cmdline_proc_show >$TRACING/set_ftrace_filter || return 1
+	toggle_tracer || return 1
+	echo >$TRACING/set_ftrace_filter
+	stop_reader "livepatch-trace"
 }
