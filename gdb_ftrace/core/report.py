@@ -66,7 +66,8 @@ def explanations(events: Iterable[Int3Event], per_verdict: int = 5) -> list[str]
             continue
         shown[ev.verdict] += 1
         where = _fmt_addr_sym(ev.site, ev.site_sym)
-        out.append(f"{ev.verdict} #{ev.seq} cpu{ev.cpu} at {where} ({ev.site:#x}): " + "; ".join(ev.reasons))
+        out.append(f"{ev.verdict} #{ev.seq} cpu{ev.cpu} at {where} ({ev.site:#x}): " + "; ".join(ev.reasons)
+                   + ("".join(f"; then {n}" for n in ev.next)))
     for v, n in hidden.items():
         out.append(f"{v}: {n} more like the above (see the JSON event log)")
     return out
@@ -182,6 +183,10 @@ def load_events(path: str) -> tuple[list[Int3Event], dict]:
                 ev = Int3Event.from_json(rec)
                 events.append(ev)
                 entries.pop(ev.seq, None)
+            elif kind == "next":
+                target = next((e for e in reversed(events) if e.seq == rec["seq"]), None)
+                if target is not None:
+                    target.next.append(rec["what"])
             elif kind == "entry":
                 ev = Int3Event.from_json(rec)
                 entries[ev.seq] = ev

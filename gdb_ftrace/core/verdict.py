@@ -12,7 +12,9 @@ Verdicts and the summary class each one counts in:
   WRONG-STACK           failed    regs->sp moved by the wrong amount
   GAP-VIOLATION         failed    the emulated push wrote into the live pt_regs
   UNEXPECTED-EMULATION  failed    the handler consumed an int3 it had no entry for
-  MISSED                missed    site in the batch, handler returned 0 (left it)
+  MISSED                missed    the handler returned 0 for an int3 of text patching: the
+                                  site is in the live batch, or was in the batch that just
+                                  finished, or its byte is no longer 0xcc (a stale int3)
   OTHER                 other     not a text-patch int3 (kprobe, selftest, gdb...)
   INCOMPLETE            other     the handler never returned (guest died or the run ended)
 """
@@ -49,6 +51,8 @@ class Int3Event:
     gap: list[int] | None = None  # the 6 words just above pt_regs at entry
     batch_nr: int | None = None  # entries in the in-flight batch (None: no batch)
     entry: PokeEntry | None = None  # the batch entry for the site
+    stale_entry: PokeEntry | None = None  # the site's entry in the batch that just finished
+    next: list[str] = dataclasses.field(default_factory=list)  # what happened after a return 0
     stack_top: int | None = None  # word at the interrupted sp (for RET)
     ret: int | None = None  # handler return value (None: did not return)
     after: dict[str, int] | None = None  # regs->ip / regs->sp at return
@@ -57,6 +61,7 @@ class Int3Event:
     target_sym: str = ""
     t: float = 0.0  # seconds since the checker was armed
     handler: str = ""  # which kernel function handled it
+    entry_rsp: int | None = None  # %rsp at the handler's first instruction (pairs the return)
     verdict: str = ""
     reasons: list[str] = dataclasses.field(default_factory=list)
     expected: Expected | None = None
@@ -65,6 +70,7 @@ class Int3Event:
         d = dataclasses.asdict(self)
         d["site_bytes"] = self.site_bytes.hex()
         d["entry"] = self.entry.to_json() if self.entry else None
+        d["stale_entry"] = self.stale_entry.to_json() if self.stale_entry else None
         d["expected"] = self.expected.to_json() if self.expected else None
         d["installed"] = classify_bytes(self.entry.installed) if self.entry else None
         return d
@@ -76,6 +82,7 @@ class Int3Event:
         d.pop("class", None)
         d["site_bytes"] = bytes.fromhex(d.get("site_bytes") or "")
         d["entry"] = PokeEntry.from_json(d["entry"]) if d.get("entry") else None
+        d["stale_entry"] = PokeEntry.from_json(d["stale_entry"]) if d.get("stale_entry") else None
         d["expected"] = Expected(**d["expected"]) if d.get("expected") else None
         return cls(**d)
 
@@ -90,6 +97,15 @@ def judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
         return "INCOMPLETE", ["the handler had not returned when the run ended"], None
     entry = ev.entry
     if entry is None:
+        if ev.ret == 0 and ev.stale_entry is not None:
+            st = ev.stale_entry
+            return "MISSED", [
+                f"site was entry {st.index} of the batch that had just finished (installing "
+                f"{classify_bytes(st.installed)}); the int3 arrived late and the handler returned 0"], None
+        if ev.ret == 0 and ev.site_bytes and ev.site_bytes[0] != 0xCC:
+            return "MISSED", [
+                f"the byte at the site is {ev.site_bytes[0]:#04x}, no longer int3: a stale int3 was "
+                f"executed after patching, and the handler returned 0"], None
         if ev.ret == 0:
             why = "no text-patch batch in flight" if not ev.batch_nr else \
                 f"site not among the {ev.batch_nr} batch entries"

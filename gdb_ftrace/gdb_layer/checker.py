@@ -50,6 +50,8 @@ class Checker:
         self.pending: dict[int, list[Int3Event]] = collections.defaultdict(list)
         self.errors: list[str] = []
         self.unmatched_returns = 0
+        self.unhandled: dict[int, Int3Event] = {}  # last event per CPU whose handler returned 0
+        self.repeats: dict[tuple[int, int], int] = {}  # (cpu, site) -> unhandled int3s in a row
         self.seq = 0
         self.echo = echo
         self.t0 = time.monotonic()
@@ -64,6 +66,10 @@ class Checker:
         self._bps.append(_Bp(self.kinfo.handler, self._guard(self.on_entry)))
         for _caller, ret in self.kinfo.returns:
             self._bps.append(_Bp(ret, self._guard(self.on_return)))
+        for _fn, ret in self.kinfo.followups:
+            self._bps.append(_Bp(ret, self._guard(self.on_kprobe_return)))
+        if self.kinfo.die:
+            self._bps.append(_Bp(self.kinfo.die, self._guard(self.on_die)))
 
     def disarm(self) -> None:
         for bp in self._bps:
@@ -112,12 +118,16 @@ class Checker:
         ev = Int3Event(seq=self.seq, cpu=_cpu(), regs_addr=regs_addr, before=before, site=site,
                        gap=u64s(buf[size:]), t=round(time.monotonic() - self.t0, 6),
                        handler=k.handler_name)
+        ev.entry_rsp = int(frame.read_register("rsp")) & ((1 << 64) - 1)
         ev.site_bytes = mem.try_read(site, 8) or b""
         batch = k.read_batch()
         ev.batch_nr = batch.nr if batch.live else None
         for e in batch.entries:
             if e.site == site:
-                ev.entry = e
+                if batch.live:
+                    ev.entry = e
+                else:
+                    ev.stale_entry = e
                 break
         if ev.entry is not None and ev.entry.opcode == 0xC3:  # RET pops the interrupted stack
             ev.stack_top = int.from_bytes(mem.read(before["sp"], 8), "little")
@@ -127,11 +137,20 @@ class Checker:
 
     def on_return(self) -> None:
         stack = self.pending.get(_cpu())
-        if not stack:
+        frame = gdb.newest_frame()
+        # The return lands 8 bytes above the handler's entry %rsp (the call's
+        # return address is popped). Pair by that, not by order: an entry whose
+        # return we never see (its context died) must not take another's return.
+        rsp = int(frame.read_register("rsp")) & ((1 << 64) - 1)
+        idx = next((i for i in range(len(stack or []) - 1, -1, -1)
+                    if stack[i].entry_rsp is None or stack[i].entry_rsp + 8 == rsp), None)
+        if idx is None:
             self.unmatched_returns += 1
             return
-        ev = stack.pop()
-        frame = gdb.newest_frame()
+        ev = stack.pop(idx)
+        for orphan in stack[idx:]:  # entered later on a deeper stack, never returned
+            self._complete(orphan)
+        del stack[idx:]
         ev.ret = int(frame.read_register("rax")) & 0xFFFFFFFF
         if ev.ret & 0x80000000:
             ev.ret -= 1 << 32
@@ -141,6 +160,44 @@ class Checker:
             word = mem.try_read(ev.after["sp"], 8)
             ev.pushed = int.from_bytes(word, "little") if word is not None else None
         self._complete(ev)
+        cpu = ev.cpu
+        if ev.ret == 0:
+            self.unhandled[cpu] = ev
+            key = (cpu, ev.site)
+            self.repeats = {key: self.repeats.get(key, 0) + 1}
+            if self.repeats[key] > 1 and ev.verdict == "MISSED":
+                self._note(ev, f"unhandled int3 number {self.repeats[key]} in a row at this site on cpu{cpu}")
+        else:
+            self.unhandled.pop(cpu, None)
+            self.repeats = {}
+
+    def on_kprobe_return(self) -> None:
+        ev = self.unhandled.pop(_cpu(), None)
+        if ev is None:
+            return
+        kret = int(gdb.newest_frame().read_register("rax")) & 0xFFFFFFFF
+        ip = mem.read_u64(ev.regs_addr + self.kinfo.pt_regs.fields["ip"].offset)
+        what = f"kprobe_int3_handler returned {kret}"
+        if kret and ip == ev.site:
+            what += " after rewinding regs->ip to the site: the CPU re-executes it"
+        elif kret:
+            what += f" with regs->ip {ip:#x}"
+        else:
+            what += ": nobody owns this int3, notify_die/die() come next"
+            self.unhandled[ev.cpu] = ev
+        self._note(ev, what)
+
+    def on_die(self) -> None:
+        ev = self.unhandled.get(_cpu())
+        if ev is not None:
+            self._note(ev, "die() was called: the kernel oopses on this int3")
+        else:
+            self.errors.append(f"die() called on cpu{_cpu()} outside any int3 we saw")
+
+    def _note(self, ev: Int3Event, what: str) -> None:
+        ev.next.append(what)
+        if self._json:
+            self._write({"record": "next", "seq": ev.seq, "what": what})
 
     def _complete(self, ev: Int3Event) -> None:
         finalize(ev)

@@ -11,13 +11,12 @@ Everything is resolved lazily and cached until gdb loads a new objfile.
 
 from __future__ import annotations
 
-import dataclasses
-
 import gdb  # only this layer imports gdb
 
 from ..core.disasm import call_return_sites
 from ..core.errors import UserError
-from ..core.insn import MASK64, PokeEntry, decode_vector
+from ..core.batch import Batch, DescLayout, header_read, make_batch, parse_header, readable_count
+from ..core.insn import MASK64
 from ..core.layout import PT_REGS_X86_64, Field, StructLayout
 from . import mem
 
@@ -63,16 +62,6 @@ def struct_layout(type_name: str) -> StructLayout:
     return StructLayout(type_name.split()[-1], t.sizeof, fields, "dwarf")
 
 
-@dataclasses.dataclass
-class Batch:
-    """The in-flight batch as the handler would see it."""
-
-    live: bool
-    nr: int
-    entries: list[PokeEntry]
-    desc_addr: int
-
-
 class KernelInfo:
     """Symbols and layouts of the kernel in gdb, resolved once."""
 
@@ -107,14 +96,27 @@ class KernelInfo:
             raise UserError("no batch descriptor found (looked for " + ", ".join(DESCRIPTORS) + ")")
         self.desc_addr = symbol_address(self.desc_name)
         dtype = gdb.parse_and_eval(f"'{self.desc_name}'").type.strip_typedefs()
-        self.desc_is_pointer = dtype.code == gdb.TYPE_CODE_PTR
-        st = dtype.target().strip_typedefs() if self.desc_is_pointer else dtype
-        self.desc_fields = {f.name: (f.bitpos // 8, f.type.strip_typedefs()) for f in st.fields()}
-        self.desc_size = st.sizeof
-        if "vec" not in self.desc_fields or "nr_entries" not in self.desc_fields:
+        is_pointer = dtype.code == gdb.TYPE_CODE_PTR
+        st = dtype.target().strip_typedefs() if is_pointer else dtype
+        fields = {f.name: (f.bitpos // 8, f.type.strip_typedefs()) for f in st.fields()}
+        if "vec" not in fields or "nr_entries" not in fields:
             raise UserError(f"{self.desc_name} has no vec/nr_entries; unknown kernel layout")
-        self.vec_inline = self.desc_fields["vec"][1].code == gdb.TYPE_CODE_ARRAY
-        self.has_refs = "refs" in self.desc_fields
+        self.desc = DescLayout(self.desc_name, is_pointer, st.sizeof, fields["vec"][0],
+                               fields["vec"][1].code == gdb.TYPE_CODE_ARRAY, fields["nr_entries"][0],
+                               fields["refs"][0] if "refs" in fields else None)
+        # v6.0-v6.15 leave vec/nr_entries of the finished batch in place: an int3
+        # that arrives late can still be matched against it (MISSED, not OTHER).
+        self.keeps_last_batch = not is_pointer and not self.desc.vec_inline and self.desc.refs_off is not None
+        # Where a handler that returned 0 hands over: the next call in the caller.
+        self.followups: list[tuple[str, int]] = []
+        for fn in ("kprobe_int3_handler",):
+            addr = symbol_address(fn)
+            if addr is None:
+                continue
+            for caller, _ in self.returns[:1]:
+                for ret in call_return_sites(self._disassemble(caller), addr):
+                    self.followups.append((fn, ret))
+        self.die = symbol_address("die")
 
     @staticmethod
     def _has_type(name: str) -> bool:
@@ -163,12 +165,15 @@ class KernelInfo:
     def describe(self) -> list[tuple[str, str]]:
         era = {"smp_text_poke_int3_handler": "v6.16+ (smp_text_poke_*)",
                "poke_int3_handler": "v5.6-v6.15 (poke_int3_handler)"}[self.handler_name]
-        desc = f"{self.desc_name} ({'pointer' if self.desc_is_pointer else 'static struct'}" + \
-            (", inline vec" if self.vec_inline else "") + (", refs" if self.has_refs else "") + ")"
+        d = self.desc
+        desc = f"{d.name} ({'pointer' if d.is_pointer else 'static struct'}" + \
+            (", inline vec" if d.vec_inline else "") + (", refs" if d.refs_off is not None else "") + \
+            (", keeps the last batch" if self.keeps_last_batch else "") + ")"
         return [
             ("era", era),
             ("handler", f"{self.handler_name} at {self.handler:#x}"),
             ("returns to", ", ".join(f"{c}+{r - symbol_address(c):#x} ({r:#x})" for c, r in self.returns)),
+            ("then", ", ".join(f"{f} returns to {r:#x}" for f, r in self.followups) or "-"),
             ("batch descriptor", f"{desc} at {self.desc_addr:#x}"),
             ("batch entry", f"{self.loc_type}, {self.loc.size} bytes: " +
              ", ".join(f"{n}@{f.offset}" for n, f in self.loc.fields.items())),
@@ -177,37 +182,22 @@ class KernelInfo:
 
     def to_json(self) -> dict:
         return {"handler": self.handler_name, "handler_addr": self.handler,
-                "returns": [[c, r] for c, r in self.returns], "descriptor": self.desc_name,
-                "desc_is_pointer": self.desc_is_pointer, "loc_type": self.loc_type,
-                "loc_layout": self.loc.to_json(), "stext": self.stext}
+                "returns": [[c, r] for c, r in self.returns], "descriptor": self.desc.to_json(),
+                "desc_addr": self.desc_addr, "keeps_last_batch": self.keeps_last_batch,
+                "loc_type": self.loc_type, "loc_layout": self.loc.to_json(), "stext": self.stext}
 
     def read_batch(self) -> Batch:
-        """Read the in-flight batch: 1 read for the descriptor, 1 for the vector."""
+        """The batch the handler sees: one read for the descriptor, one for the vector."""
+        d = self.desc
         addr = self.desc_addr
-        if self.desc_is_pointer:
+        if d.is_pointer:
             addr = mem.read_u64(self.desc_addr)
             if addr == 0:
-                return Batch(False, 0, [], 0)
-        if self.vec_inline:
-            off = self.desc_fields["nr_entries"][0]
-            nr = int.from_bytes(mem.read(addr + off, 4), "little", signed=True)
-            vec = addr + self.desc_fields["vec"][0]
-            live = nr > 0
-        else:
-            hdr = mem.read(addr, self.desc_size)
-            voff = self.desc_fields["vec"][0]
-            noff = self.desc_fields["nr_entries"][0]
-            vec = int.from_bytes(hdr[voff:voff + 8], "little")
-            nr = int.from_bytes(hdr[noff:noff + 4], "little", signed=True)
-            live = True
-            if self.has_refs:
-                roff = self.desc_fields["refs"][0]
-                live = int.from_bytes(hdr[roff:roff + 4], "little", signed=True) != 0
-            live = live and vec != 0 and nr > 0
-        if not live or nr <= 0 or nr > 65536:
-            return Batch(False, max(nr, 0), [], addr)
-        buf = mem.read(vec, nr * self.loc.size)
-        return Batch(True, nr, decode_vector(self.loc, buf, nr, self.stext), addr)
+                return Batch(False, 0, [])
+        live, nr, vec = parse_header(d, mem.read(addr, header_read(d)), addr)
+        n = readable_count(nr, vec) if live or self.keeps_last_batch else 0
+        buf = mem.try_read(vec, n * self.loc.size) if n else None
+        return make_batch(live, nr, self.loc, buf, self.stext)
 
 
 _cache: KernelInfo | None = None

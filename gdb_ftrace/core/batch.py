@@ -1,0 +1,82 @@
+"""The in-flight text-patch batch: where it lives in each era, and whether it is live.
+
+Pure: the gdb layer reads the descriptor's bytes and the vector's bytes; this
+module says what to read and what it means (kernel-notes.md, Table 2):
+
+  era          descriptor                                      live when
+  v5.6-v5.19   static struct bp_patching_desc *bp_desc         bp_desc != NULL
+               {vec *, nr_entries, refs}
+  v6.0-v6.15   static struct bp_patching_desc bp_desc          bp_desc.refs != 0
+               {vec *, nr_entries, refs}; vec/nr_entries are NOT cleared
+               after the batch, so the last batch stays readable
+  v6.16+       static struct smp_text_poke_array text_poke_array   nr_entries != 0
+               {vec[TEXT_POKE_ARRAY_MAX], nr_entries}; refs are per CPU
+               (text_poke_array_refs) and nr_entries is zeroed at the end
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .insn import PokeEntry, decode_vector
+from .layout import StructLayout
+
+MAX_ENTRIES = 65536  # far above any real TP_VEC_MAX / TEXT_POKE_ARRAY_MAX (256)
+
+
+@dataclasses.dataclass(frozen=True)
+class DescLayout:
+    """Where the batch descriptor keeps its vector, count and refcount."""
+
+    name: str  # bp_desc, text_poke_array, ...
+    is_pointer: bool  # the symbol is a pointer to the descriptor (v5.6-v5.19)
+    size: int  # sizeof the descriptor struct
+    vec_off: int
+    vec_inline: bool  # vec[] is an array inside the descriptor (v6.16+)
+    nr_off: int
+    refs_off: int | None  # None where refs are not in the descriptor
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Documented layouts, for tests and for kernels without DWARF for the descriptor.
+DESC_V56_POINTER = DescLayout("bp_desc", True, 16, 0, False, 8, 12)
+DESC_V60_STRUCT = DescLayout("bp_desc", False, 16, 0, False, 8, 12)
+DESC_V616_ARRAY = DescLayout("text_poke_array", False, 4096 + 8, 0, True, 4096, None)
+
+
+@dataclasses.dataclass
+class Batch:
+    live: bool  # a batch is in flight: the handler will look in it
+    nr: int
+    entries: list[PokeEntry]  # live entries, or the last batch's (stale) when readable
+    stale: bool = False  # entries are those of a batch that has finished
+
+
+def header_read(d: DescLayout) -> int:
+    """How many bytes of the descriptor to read first."""
+    return d.nr_off + 4 if d.vec_inline else d.size
+
+
+def parse_header(d: DescLayout, hdr: bytes, desc_addr: int) -> tuple[bool, int, int]:
+    """(live, nr_entries, vector address) from the descriptor's first bytes."""
+    nr = int.from_bytes(hdr[d.nr_off:d.nr_off + 4], "little", signed=True)
+    if d.vec_inline:
+        return nr > 0, nr, desc_addr + d.vec_off
+    vec = int.from_bytes(hdr[d.vec_off:d.vec_off + 8], "little")
+    live = vec != 0 and nr > 0
+    if d.refs_off is not None:
+        live = live and int.from_bytes(hdr[d.refs_off:d.refs_off + 4], "little", signed=True) != 0
+    return live, nr, vec
+
+
+def readable_count(nr: int, vec: int) -> int:
+    """How many entries may be read at vec (0 when the values are not sane)."""
+    return nr if vec and 0 < nr <= MAX_ENTRIES else 0
+
+
+def make_batch(live: bool, nr: int, loc: StructLayout, vec_bytes: bytes | None, stext: int) -> Batch:
+    n = len(vec_bytes) // loc.size if vec_bytes else 0
+    entries = decode_vector(loc, vec_bytes, n, stext) if n else []
+    return Batch(live, nr, entries, stale=not live and bool(entries))
