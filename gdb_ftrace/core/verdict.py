@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .insn import Expected, PokeEntry, classify_bytes, expected_effect
+from .insn import MASK64, Expected, PokeEntry, classify_bytes, expected_effect
 
 PT_REGS_SIZE = 168
 
@@ -131,7 +131,7 @@ def judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
     sp0 = ev.before["sp"]
     if after.get("ip") != exp.ip:
         failures.append(("WRONG-TARGET", f"regs->ip: expected {_hex(exp.ip)}, seen {_hex(after.get('ip'))}"))
-    want_sp = (sp0 + exp.sp_delta) & ((1 << 64) - 1)
+    want_sp = (sp0 + exp.sp_delta) & MASK64
     if after.get("sp") != want_sp:
         failures.append(("WRONG-STACK", f"regs->sp: expected {_hex(sp0)}{exp.sp_delta:+d} = {_hex(want_sp)}, "
                                         f"seen {_hex(after.get('sp'))}"))

@@ -18,11 +18,17 @@ import traceback
 
 import gdb
 
+from ..core.insn import MASK64
 from ..core.layout import GAP_WORDS, decode_struct, u64s
 from ..core.verdict import Int3Event, finalize
 from . import kernel, mem, symbols
 
 REG_FIELDS = ("ip", "sp", "flags", "cs", "ss", "orig_ax")
+
+
+def _reg(frame, name: str) -> int:
+    """A register of the stopped vCPU as an unsigned 64-bit int."""
+    return int(frame.read_register(name)) & MASK64
 
 
 def _cpu() -> int:
@@ -51,7 +57,8 @@ class Checker:
         self.errors: list[str] = []
         self.unmatched_returns = 0
         self.unhandled: dict[int, Int3Event] = {}  # last event per CPU whose handler returned 0
-        self.repeats: dict[tuple[int, int], int] = {}  # (cpu, site) -> unhandled int3s in a row
+        self.repeat_key: tuple[int, int] | None = None  # (cpu, site) of the last unhandled int3
+        self.repeat_count = 0  # unhandled int3s in a row at repeat_key
         self.seq = 0
         self.echo = echo
         self.t0 = time.monotonic()
@@ -109,16 +116,16 @@ class Checker:
     def on_entry(self) -> None:
         k = self.kinfo
         frame = gdb.newest_frame()
-        regs_addr = int(frame.read_register("rdi")) & ((1 << 64) - 1)
+        regs_addr = _reg(frame, "rdi")
         size = k.pt_regs.size
         buf = mem.read(regs_addr, size + 8 * len(GAP_WORDS))
         before = decode_struct(k.pt_regs, buf, 0, REG_FIELDS)
-        site = (before["ip"] - 1) & ((1 << 64) - 1)
+        site = (before["ip"] - 1) & MASK64
         self.seq += 1
         ev = Int3Event(seq=self.seq, cpu=_cpu(), regs_addr=regs_addr, before=before, site=site,
                        gap=u64s(buf[size:]), t=round(time.monotonic() - self.t0, 6),
                        handler=k.handler_name)
-        ev.entry_rsp = int(frame.read_register("rsp")) & ((1 << 64) - 1)
+        ev.entry_rsp = _reg(frame, "rsp")
         ev.site_bytes = mem.try_read(site, 8) or b""
         batch = k.read_batch()
         ev.batch_nr = batch.nr if batch.live else None
@@ -141,7 +148,7 @@ class Checker:
         # The return lands 8 bytes above the handler's entry %rsp (the call's
         # return address is popped). Pair by that, not by order: an entry whose
         # return we never see (its context died) must not take another's return.
-        rsp = int(frame.read_register("rsp")) & ((1 << 64) - 1)
+        rsp = _reg(frame, "rsp")
         idx = next((i for i in range(len(stack or []) - 1, -1, -1)
                     if stack[i].entry_rsp is None or stack[i].entry_rsp + 8 == rsp), None)
         if idx is None:
@@ -151,7 +158,7 @@ class Checker:
         for orphan in stack[idx:]:  # entered later on a deeper stack, never returned
             self._complete(orphan)
         del stack[idx:]
-        ev.ret = int(frame.read_register("rax")) & 0xFFFFFFFF
+        ev.ret = _reg(frame, "rax") & 0xFFFFFFFF
         if ev.ret & 0x80000000:
             ev.ret -= 1 << 32
         buf = mem.read(ev.regs_addr, self.kinfo.pt_regs.size)
@@ -164,18 +171,19 @@ class Checker:
         if ev.ret == 0:
             self.unhandled[cpu] = ev
             key = (cpu, ev.site)
-            self.repeats = {key: self.repeats.get(key, 0) + 1}
-            if self.repeats[key] > 1 and ev.verdict == "MISSED":
-                self._note(ev, f"unhandled int3 number {self.repeats[key]} in a row at this site on cpu{cpu}")
+            self.repeat_count = self.repeat_count + 1 if key == self.repeat_key else 1
+            self.repeat_key = key
+            if self.repeat_count > 1 and ev.verdict == "MISSED":
+                self._note(ev, f"unhandled int3 number {self.repeat_count} in a row at this site on cpu{cpu}")
         else:
             self.unhandled.pop(cpu, None)
-            self.repeats = {}
+            self.repeat_key, self.repeat_count = None, 0
 
     def on_kprobe_return(self) -> None:
         ev = self.unhandled.pop(_cpu(), None)
         if ev is None:
             return
-        kret = int(gdb.newest_frame().read_register("rax")) & 0xFFFFFFFF
+        kret = _reg(gdb.newest_frame(), "rax") & 0xFFFFFFFF
         ip = mem.read_u64(ev.regs_addr + self.kinfo.pt_regs.fields["ip"].offset)
         what = f"kprobe_int3_handler returned {kret}"
         if kret and ip == ev.site:

@@ -77,10 +77,12 @@ class KernelInfo:
                 "): is a vmlinux with symbols loaded? (file /path/to/vmlinux)")
         self.handler = symbol_address(self.handler_name)
         self.returns: list[tuple[str, int]] = []
+        caller_code: dict[str, list] = {}
         for caller in CALLERS:
             if symbol_address(caller) is None:
                 continue
-            for ret in call_return_sites(self._disassemble(caller), self.handler):
+            caller_code[caller] = self._disassemble(caller)
+            for ret in call_return_sites(caller_code[caller], self.handler):
                 self.returns.append((caller, ret))
         if not self.returns:
             raise UserError(f"found {self.handler_name} but no call to it in {', '.join(CALLERS)}")
@@ -107,15 +109,13 @@ class KernelInfo:
         # v6.0-v6.15 leave vec/nr_entries of the finished batch in place: an int3
         # that arrives late can still be matched against it (MISSED, not OTHER).
         self.keeps_last_batch = not is_pointer and not self.desc.vec_inline and self.desc.refs_off is not None
-        # Where a handler that returned 0 hands over: the next call in the caller.
+        # Where a handler that returned 0 hands over: kprobe_int3_handler, called
+        # from the same caller (its code was disassembled above).
         self.followups: list[tuple[str, int]] = []
-        for fn in ("kprobe_int3_handler",):
-            addr = symbol_address(fn)
-            if addr is None:
-                continue
-            for caller, _ in self.returns[:1]:
-                for ret in call_return_sites(self._disassemble(caller), addr):
-                    self.followups.append((fn, ret))
+        kprobe = symbol_address("kprobe_int3_handler")
+        if kprobe is not None:
+            caller = self.returns[0][0]
+            self.followups = [("kprobe_int3_handler", r) for r in call_return_sites(caller_code[caller], kprobe)]
         self.die = symbol_address("die")
 
     @staticmethod
