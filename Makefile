@@ -11,11 +11,12 @@ KERNEL   ?=
 SCENARIO ?= livepatch-trace
 TOGGLES  ?= 30
 ACCEL    ?= tcg-single
+MODE     ?= full
 KASLR    ?= 0
 JSON     ?=
 TIMEOUT  ?= 600
 
-CHECK_ARGS = --scenario '$(SCENARIO)' --toggles '$(TOGGLES)' --accel '$(ACCEL)' \
+CHECK_ARGS = --scenario '$(SCENARIO)' --toggles '$(TOGGLES)' --accel '$(ACCEL)' --mode '$(MODE)' \
 	--kaslr '$(KASLR)' --timeout '$(TIMEOUT)' $(if $(JSON),--json '$(JSON)')
 
 .PHONY: help setup vm check bench test unit-test integration-test clean
@@ -26,7 +27,7 @@ help:
 	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>)"
 	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed"
 	@echo "  make unit-test | integration-test"
-	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=$(TOGGLES) ACCEL=$(ACCEL) KASLR=$(KASLR) JSON=<file> TIMEOUT=$(TIMEOUT)"
+	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=$(TOGGLES) ACCEL=$(ACCEL) MODE=$(MODE) KASLR=$(KASLR) JSON=<file> TIMEOUT=$(TIMEOUT)"
 
 setup:
 	@scripts/setup-host

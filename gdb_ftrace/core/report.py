@@ -73,6 +73,21 @@ def explanations(events: Iterable[Int3Event], per_verdict: int = 5) -> list[str]
     return out
 
 
+def coverage(events: list[Int3Event]) -> str:
+    """What was checked beyond the handler: CPU frames from the entry stop, landings."""
+    evs = list(events)
+    kernel = [ev for ev in evs if not ev.before.get("cs", 0) & 3]
+    entry = sum(1 for ev in kernel if ev.hw_source == "entry")
+    emulated = [ev for ev in evs if ev.ret and ev.expected is not None and ev.expected.emulate]
+    landed = sum(1 for ev in emulated if ev.landing is not None)
+    notes = collections.Counter(ev.landing_note for ev in emulated if ev.landing is None and ev.landing_note)
+    line = (f"checked: CPU frame from the int3 entry for {entry}/{len(kernel)} kernel int3s "
+            f"(others: the words above pt_regs); landing after iret for {landed}/{len(emulated)} emulations")
+    for note, n in notes.most_common(3):
+        line += f"\n  {n} landing(s) not seen: {note}"
+    return line
+
+
 @dataclasses.dataclass
 class GuestResult:
     """What the guest said on its serial console (lines starting 'GDB_FTRACE:')."""

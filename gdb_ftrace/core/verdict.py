@@ -10,7 +10,11 @@ Verdicts and the summary class each one counts in:
   WRONG-TARGET          failed    regs->ip after the handler is not the destination
   WRONG-RETURN          failed    a CALL pushed another return address
   WRONG-STACK           failed    regs->sp moved by the wrong amount
-  GAP-VIOLATION         failed    the emulated push wrote into the live pt_regs
+  GAP-VIOLATION         failed    the emulated push's slot (regs->sp - 8) lies inside the live
+                                  pt_regs/iret frame, or the frame the entry code copied into
+                                  pt_regs differs from the one the CPU pushed
+  WRONG-LANDING         failed    after iret the vCPU did not arrive at the emulated
+                                  destination with the expected rsp and [rsp]
   UNEXPECTED-EMULATION  failed    the handler consumed an int3 it had no entry for
   MISSED                missed    the handler returned 0 for an int3 of text patching: the
                                   site is in the live batch, or was in the batch that just
@@ -29,7 +33,11 @@ from .insn import MASK64, Expected, PokeEntry, classify_bytes, expected_effect
 PT_REGS_SIZE = 168
 
 FAIL_VERDICTS = ("WRONG-TARGET", "WRONG-RETURN", "WRONG-STACK", "GAP-VIOLATION",
-                 "UNEXPECTED-EMULATION")
+                 "UNEXPECTED-EMULATION", "WRONG-LANDING")
+# Where the CPU's frame is relative to pt_regs->ip when the entry code made the
+# gap: it pushed orig_ax and copied 6 words (entry_64.S), so 6 words higher.
+GAP_BYTES = 48
+IRET_FRAME = ("ip", "cs", "flags", "sp", "ss")
 VERDICT_CLASS = {"VERIFIED": "verified", "MISSED": "missed", "OTHER": "other",
                  "INCOMPLETE": "other", **{v: "failed" for v in FAIL_VERDICTS}}
 
@@ -62,6 +70,10 @@ class Int3Event:
     t: float = 0.0  # seconds since the checker was armed
     handler: str = ""  # which kernel function handled it
     entry_rsp: int | None = None  # %rsp at the handler's first instruction (pairs the return)
+    hw_frame: dict[str, int] | None = None  # the frame the CPU pushed: addr, ip, cs, flags, sp, ss
+    hw_source: str = ""  # "entry": read at the int3 entry stop; "gap": the words above pt_regs
+    landing: dict[str, int] | None = None  # first instruction after iret: ip, sp, top ([sp])
+    landing_note: str = ""  # why there is no landing (not followed, run ended, ...)
     verdict: str = ""
     reasons: list[str] = dataclasses.field(default_factory=list)
     expected: Expected | None = None
@@ -93,6 +105,15 @@ def _hex(v: int | None) -> str:
 
 def judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
     """The verdict for one event, the reasons (expected vs. seen), and the expectation."""
+    verdict, reasons, exp = _judge(ev)
+    if verdict not in FAIL_VERDICTS:  # the frame copy matters for every int3 from the kernel
+        bad = frame_failures(ev)
+        if bad:
+            return "GAP-VIOLATION", [r for _, r in bad] + reasons, exp
+    return verdict, reasons, exp
+
+
+def _judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
     if ev.ret is None:
         return "INCOMPLETE", ["the handler had not returned when the run ended"], None
     entry = ev.entry
@@ -126,7 +147,7 @@ def judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
             f"site is entry {entry.index} of {ev.batch_nr} in the batch, installing "
             f"{classify_bytes(entry.installed)}, but the handler returned 0"], exp
 
-    failures: list[tuple[str, str]] = []
+    failures = frame_failures(ev)
     after = ev.after or {}
     sp0 = ev.before["sp"]
     if after.get("ip") != exp.ip:
@@ -140,15 +161,75 @@ def judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
             failures.append(("WRONG-RETURN", f"return address at new sp: expected {_hex(exp.push)} "
                                              f"(site+5), seen {_hex(ev.pushed)}"))
         slot = after.get("sp")
-        if slot is not None and ev.regs_addr <= slot < ev.regs_addr + PT_REGS_SIZE:
-            failures.append(("GAP-VIOLATION", f"the emulated push wrote {_hex(slot)}, inside the live "
-                                              f"pt_regs [{_hex(ev.regs_addr)}, "
-                                              f"{_hex(ev.regs_addr + PT_REGS_SIZE)})"))
+        if slot is None:
+            slot = (sp0 - 8) & MASK64
+        if ev.regs_addr <= slot < ev.regs_addr + PT_REGS_SIZE:
+            failures.append(("GAP-VIOLATION", f"the emulated push writes {_hex(slot)} (regs->sp - 8), inside "
+                                              f"the live pt_regs [{_hex(ev.regs_addr)}, "
+                                              f"{_hex(ev.regs_addr + PT_REGS_SIZE)})"
+                                              + _gap_words_note(ev)))
+    failures += landing_failures(ev, exp, want_sp)
     if failures:
         order = {v: i for i, v in enumerate(("GAP-VIOLATION",) + FAIL_VERDICTS)}
         failures.sort(key=lambda f: order[f[0]])
         return failures[0][0], [r for _, r in failures], exp
     return "VERIFIED", [], exp
+
+
+def hardware_frame(ev: Int3Event) -> tuple[dict[str, int] | None, str]:
+    """The frame the CPU pushed for this int3 and where we know it from.
+
+    From the entry stop when there was one; otherwise the six words above
+    pt_regs, which are the CPU's frame when the entry code made the gap (the
+    copy goes below it) and are nothing of the kind when it did not."""
+    if ev.hw_frame is not None:
+        return ev.hw_frame, ev.hw_source or "entry"
+    if ev.gap and len(ev.gap) >= 6:
+        words = dict(zip(IRET_FRAME, ev.gap[1:6]))
+        return {"addr": (ev.regs_addr + 128 + GAP_BYTES) & MASK64, **words}, "gap"
+    return None, ""
+
+
+def _gap_words_note(ev: Int3Event) -> str:
+    hw, src = hardware_frame(ev)
+    if hw is None or src != "entry":
+        return ""
+    dist = hw["addr"] - ((ev.regs_addr + 128) & MASK64)
+    return f"; the CPU's frame is {dist} bytes above regs->ip (a gap needs {GAP_BYTES})"
+
+
+def frame_failures(ev: Int3Event) -> list[tuple[str, str]]:
+    """GAP-VIOLATION when pt_regs does not hold a faithful copy of the CPU's frame."""
+    if ev.before.get("cs", 0) & 3:  # from user mode: no gap is made, nothing is emulated
+        return []
+    hw, src = hardware_frame(ev)
+    if hw is None:
+        return []
+    diff = [f"{f}: CPU pushed {_hex(hw.get(f))}, pt_regs has {_hex(ev.before.get(f))}"
+            for f in IRET_FRAME if f in ev.before and hw.get(f) != ev.before[f]]
+    if not diff:
+        return []
+    where = "at the int3 entry" if src == "entry" else f"in the {len(IRET_FRAME) + 1} words above pt_regs"
+    dist = hw["addr"] - ((ev.regs_addr + 128) & MASK64)
+    return [("GAP-VIOLATION", f"the frame in pt_regs is not the CPU's frame {where} "
+                              f"({dist} bytes above regs->ip): " + "; ".join(diff))]
+
+
+def landing_failures(ev: Int3Event, exp: Expected, want_sp: int) -> list[tuple[str, str]]:
+    """WRONG-LANDING when the first instruction after iret is not the emulated one's result."""
+    land = ev.landing
+    if land is None:
+        return []
+    bad = []
+    if land.get("ip") != exp.ip:
+        bad.append(f"rip: expected {_hex(exp.ip)}, arrived at {_hex(land.get('ip'))}")
+    if land.get("sp") != want_sp:
+        bad.append(f"rsp: expected {_hex(want_sp)}, seen {_hex(land.get('sp'))}")
+    if exp.push is not None and land.get("top") != exp.push:
+        bad.append(f"[rsp]: expected the return address {_hex(exp.push)}, seen {_hex(land.get('top'))}")
+    if not bad:
+        return []
+    return [("WRONG-LANDING", f"after iret on cpu{ev.cpu}: " + "; ".join(bad))]
 
 
 def finalize(ev: Int3Event) -> Int3Event:

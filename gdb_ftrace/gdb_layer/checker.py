@@ -1,11 +1,21 @@
-"""The checker: two internal breakpoints and the events they record.
+"""The checker: internal breakpoints and the events they record.
 
-Stops per int3 the kernel takes: one at the handler's first instruction
-(read pt_regs + the gap words, the site bytes, the batch) and one right after
-the handler returns into its caller (read the return value and pt_regs
-again). Each stop costs about 16 ms on QEMU TCG, so stop() reads in bulk and
-does nothing else: it never resumes, steps or changes breakpoints, and it
-always returns False so the guest keeps running.
+Stops per int3 the kernel takes, by mode (each stop costs about 16 ms on
+QEMU TCG, so stop() reads in bulk and does little else):
+
+  handler  2 stops: the handler's first instruction (pt_regs, the words above
+           it, the site bytes, the batch) and right after it returns into its
+           caller (return value, pt_regs again). The CPU's frame is taken from
+           the six words above pt_regs, where the gap leaves it.
+  landing  + 2 for each emulated instruction: the iretq that returns to the
+           interrupted code (stop() returns True: a real stop) and one stepi
+           done by the driver loop (runner.drive), to see where the vCPU lands.
+  full     + 1: the int3 entry (asm_exc_int3 / int3), where %rsp points at the
+           frame the CPU pushed, before the entry code copies it.
+
+Only the iretq stop is a real stop; every other stop() returns False so the
+guest keeps running. The iretq breakpoint is enabled only while a landing is
+pending.
 """
 
 from __future__ import annotations
@@ -18,9 +28,10 @@ import traceback
 
 import gdb
 
+from ..core.errors import UserError
 from ..core.insn import MASK64
 from ..core.layout import GAP_WORDS, decode_struct, u64s
-from ..core.verdict import Int3Event, finalize
+from ..core.verdict import IRET_FRAME, Int3Event, finalize
 from . import kernel, mem, symbols
 
 REG_FIELDS = ("ip", "sp", "flags", "cs", "ss", "orig_ax")
@@ -36,6 +47,9 @@ def _cpu() -> int:
     return gdb.selected_thread().num - 1
 
 
+MODES = ("handler", "landing", "full")
+
+
 class _Bp(gdb.Breakpoint):
     def __init__(self, addr: int, callback):
         super().__init__(f"*{addr:#x}", type=gdb.BP_BREAKPOINT, internal=True)
@@ -43,15 +57,27 @@ class _Bp(gdb.Breakpoint):
         self._callback = callback
 
     def stop(self) -> bool:
-        self._callback()
-        return False
+        return bool(self._callback())
 
 
 class Checker:
     """Records one Int3Event per handler entry; see core.verdict for the verdicts."""
 
-    def __init__(self, json_path: str | None = None, echo: bool = False) -> None:
+    def __init__(self, json_path: str | None = None, echo: bool = False, mode: str = "handler") -> None:
+        if mode not in MODES:
+            raise UserError(f"unknown mode {mode!r}; one of: {', '.join(MODES)}")
         self.kinfo = kernel.info()
+        self.mode = mode
+        if mode == "full" and self.kinfo.entry is None:
+            raise UserError("MODE=full needs the int3 entry (asm_exc_int3 or int3) in the symbols")
+        if mode != "handler" and self.kinfo.iret is None:
+            raise UserError(f"MODE={mode} needs {kernel.IRET} in the symbols to follow the landing")
+        self.hw_frames: dict[int, list[dict]] = collections.defaultdict(list)  # per CPU, from entry stops
+        self.landings: dict[int, Int3Event] = {}  # per CPU: emulated, waiting for its iret
+        self.step_pending: Int3Event | None = None  # stopped at its iretq: the driver must stepi
+        self._iret_bp: _Bp | None = None
+        self.entry_stops = 0
+        self.foreign_irets = 0  # iretq stops that were not a pending landing's
         self.events: list[Int3Event] = []
         self.pending: dict[int, list[Int3Event]] = collections.defaultdict(list)
         self.errors: list[str] = []
@@ -66,10 +92,13 @@ class Checker:
         self._json = open(json_path, "a", buffering=1) if json_path else None
         self._bps: list[_Bp] = []
         if self._json:
-            self._write({"record": "meta", "kernel": self.kinfo.to_json(), "armed_at": time.time()})
+            self._write({"record": "meta", "kernel": self.kinfo.to_json(), "armed_at": time.time(),
+                         "mode": mode})
 
     # -- arming ---------------------------------------------------------
     def arm(self) -> None:
+        if self.mode == "full":
+            self._bps.append(_Bp(self.kinfo.entry, self._guard(self.on_int3_entry)))
         self._bps.append(_Bp(self.kinfo.handler, self._guard(self.on_entry)))
         for _caller, ret in self.kinfo.returns:
             self._bps.append(_Bp(ret, self._guard(self.on_return)))
@@ -77,6 +106,10 @@ class Checker:
             self._bps.append(_Bp(ret, self._guard(self.on_kprobe_return)))
         if self.kinfo.die:
             self._bps.append(_Bp(self.kinfo.die, self._guard(self.on_die)))
+        if self.mode != "handler":
+            self._iret_bp = _Bp(self.kinfo.iret, self._guard(self.on_iret))
+            self._iret_bp.enabled = False
+            self._bps.append(self._iret_bp)
 
     def disarm(self) -> None:
         for bp in self._bps:
@@ -87,6 +120,11 @@ class Checker:
     def close(self) -> None:
         """Disarm, record events whose handler never returned, close the log."""
         self.disarm()
+        for ev in list(self.landings.values()):
+            ev.landing_note = "the run ended before this vCPU returned from the int3"
+            self._complete(ev)
+        self.landings.clear()
+        self.step_pending = None
         for stack in self.pending.values():
             for ev in stack:
                 self._complete(ev)
@@ -105,13 +143,21 @@ class Checker:
     def _guard(self, fn):
         def run():
             try:
-                fn()
+                return fn()
             except Exception as e:  # noqa: BLE001 - a checker bug must not stop the guest
                 msg = f"{type(e).__name__}: {e}"
                 if len(self.errors) < 50:
                     self.errors.append(msg)
                     traceback.print_exc(file=sys.stderr)
+                return False
         return run
+
+    def on_int3_entry(self) -> None:
+        """asm_exc_int3's first instruction: %rsp points at the frame the CPU pushed."""
+        rsp = _reg(gdb.newest_frame(), "rsp")
+        words = u64s(mem.read(rsp, 8 * len(IRET_FRAME)))
+        self.entry_stops += 1
+        self.hw_frames[_cpu()].append({"addr": rsp, **dict(zip(IRET_FRAME, words))})
 
     def on_entry(self) -> None:
         k = self.kinfo
@@ -126,6 +172,11 @@ class Checker:
                        gap=u64s(buf[size:]), t=round(time.monotonic() - self.t0, 6),
                        handler=k.handler_name)
         ev.entry_rsp = _reg(frame, "rsp")
+        frames = self.hw_frames.get(ev.cpu)
+        if frames:  # the int3 entry this handler call belongs to (entries nest LIFO)
+            ev.hw_frame, ev.hw_source = frames.pop(), "entry"
+        elif self.mode == "full":
+            ev.hw_source = "gap"  # armed between the entry and the handler
         ev.site_bytes = mem.try_read(site, 8) or b""
         batch = k.read_batch()
         ev.batch_nr = batch.nr if batch.live else None
@@ -142,7 +193,7 @@ class Checker:
         if self._json:  # so that a crash before the return still leaves the entry
             self._write({"record": "entry", **ev.to_json()})
 
-    def on_return(self) -> None:
+    def on_return(self) -> bool:
         stack = self.pending.get(_cpu())
         frame = gdb.newest_frame()
         # The return lands 8 bytes above the handler's entry %rsp (the call's
@@ -153,7 +204,7 @@ class Checker:
                     if stack[i].entry_rsp is None or stack[i].entry_rsp + 8 == rsp), None)
         if idx is None:
             self.unmatched_returns += 1
-            return
+            return False
         ev = stack.pop(idx)
         for orphan in stack[idx:]:  # entered later on a deeper stack, never returned
             self._complete(orphan)
@@ -166,8 +217,16 @@ class Checker:
         if ev.after["sp"] != ev.before["sp"]:
             word = mem.try_read(ev.after["sp"], 8)
             ev.pushed = int.from_bytes(word, "little") if word is not None else None
-        self._complete(ev)
         cpu = ev.cpu
+        want_landing = self._iret_bp is not None and ev.ret and not ev.before["cs"] & 3
+        if want_landing:
+            old = self.landings.pop(cpu, None)
+            if old is not None:
+                old.landing_note = "no iretq to its frame was seen before the next int3 on this vCPU"
+                self._complete(old)
+            self.landings[cpu] = ev
+        else:
+            self._complete(ev)
         if ev.ret == 0:
             self.unhandled[cpu] = ev
             key = (cpu, ev.site)
@@ -178,6 +237,51 @@ class Checker:
         else:
             self.unhandled.pop(cpu, None)
             self.repeat_key, self.repeat_count = None, 0
+        # gdb forbids changing breakpoints inside stop(): stop for real and let
+        # the driver loop enable the iretq breakpoint (follow_landings()).
+        return bool(want_landing) and not self._iret_bp.enabled
+
+    def on_iret(self) -> bool:
+        """The iretq of the return to kernel mode. Ours when %rsp is our pt_regs' ip."""
+        cpu = _cpu()
+        ev = self.landings.get(cpu)
+        if ev is None:
+            self.foreign_irets += 1
+            return False
+        rsp = _reg(gdb.newest_frame(), "rsp")
+        if rsp != ev.regs_addr + self.kinfo.pt_regs.fields["ip"].offset:
+            return False
+        self.step_pending = ev
+        return True  # a real stop: runner.drive() steps the vCPU over the iretq
+
+    def follow_landings(self) -> bool:
+        """Called by the driver loop at a real stop: enable the iretq breakpoint if a landing
+        is pending. True when that was the reason for the stop."""
+        if self._iret_bp is None or not self.landings or self._iret_bp.enabled:
+            return False
+        self._iret_bp.enabled = True
+        return True
+
+    def land(self) -> None:
+        """Called by the driver loop, stopped at our iretq: step it and record the landing."""
+        ev, self.step_pending = self.step_pending, None
+        if ev is None:
+            return
+        if _cpu() != ev.cpu:
+            gdb.execute(f"thread {ev.cpu + 1}", to_string=True)
+        try:
+            gdb.execute("stepi", to_string=True)
+            frame = gdb.newest_frame()
+            sp = _reg(frame, "rsp")
+            top = mem.try_read(sp, 8)
+            ev.landing = {"ip": _reg(frame, "rip"), "sp": sp,
+                          "top": int.from_bytes(top, "little") if top is not None else None}
+        except gdb.error as e:
+            ev.landing_note = f"could not step over the iretq: {e}"
+        self.landings.pop(ev.cpu, None)
+        if not self.landings and self._iret_bp is not None and self._iret_bp.is_valid():
+            self._iret_bp.enabled = False
+        self._complete(ev)
 
     def on_kprobe_return(self) -> None:
         ev = self.unhandled.pop(_cpu(), None)

@@ -24,6 +24,8 @@ HANDLERS = ("smp_text_poke_int3_handler", "poke_int3_handler")
 CALLERS = ("exc_int3", "do_int3")
 DESCRIPTORS = ("text_poke_array", "bp_desc", "int3_desc")
 LOC_TYPES = ("struct smp_text_poke_loc", "struct text_poke_loc")
+ENTRIES = ("asm_exc_int3", "int3")  # the IDT entry: v5.8+, before v5.8
+IRET = "native_irq_return_iret"  # the iretq every return to kernel mode takes
 
 
 def symbol_address(name: str) -> int | None:
@@ -117,6 +119,9 @@ class KernelInfo:
             caller = self.returns[0][0]
             self.followups = [("kprobe_int3_handler", r) for r in call_return_sites(caller_code[caller], kprobe)]
         self.die = symbol_address("die")
+        self.entry_name = next((e for e in ENTRIES if symbol_address(e) is not None), None)
+        self.entry = symbol_address(self.entry_name) if self.entry_name else None
+        self.iret = symbol_address(IRET)
 
     @staticmethod
     def _has_type(name: str) -> bool:
@@ -178,13 +183,16 @@ class KernelInfo:
             ("batch entry", f"{self.loc_type}, {self.loc.size} bytes: " +
              ", ".join(f"{n}@{f.offset}" for n, f in self.loc.fields.items())),
             ("_stext", f"{self.stext:#x}"),
+            ("int3 entry", f"{self.entry_name} at {self.entry:#x}" if self.entry else "not found (no MODE=full)"),
+            ("iret", f"{IRET} at {self.iret:#x}" if self.iret else "not found (no landing checks)"),
         ]
 
     def to_json(self) -> dict:
         return {"handler": self.handler_name, "handler_addr": self.handler,
                 "returns": [[c, r] for c, r in self.returns], "descriptor": self.desc.to_json(),
                 "desc_addr": self.desc_addr, "keeps_last_batch": self.keeps_last_batch,
-                "loc_type": self.loc_type, "loc_layout": self.loc.to_json(), "stext": self.stext}
+                "loc_type": self.loc_type, "loc_layout": self.loc.to_json(), "stext": self.stext,
+                "entry": [self.entry_name, self.entry], "iret": self.iret}
 
     def read_batch(self) -> Batch:
         """The batch the handler sees: one read for the descriptor, one for the vector."""

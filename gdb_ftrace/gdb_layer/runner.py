@@ -36,7 +36,32 @@ def connect(target: str, timeout: float) -> None:
             time.sleep(0.2)
 
 
-def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = True) -> None:
+def drive(c: "checker.Checker | None") -> str:
+    """Continue the guest until it exits or stops for a reason that is not ours.
+
+    The checker's only real stops are the iretqs of emulated int3s (MODE=landing
+    or full): step the vCPU over it (scheduler-locking: the other vCPUs stay
+    put), record where it landed, and continue. Returns why the loop ended.
+    """
+    gdb.execute("set scheduler-locking step", to_string=True)
+    while True:
+        try:
+            gdb.execute("continue", to_string=True)
+        except gdb.error as e:
+            return f"target gone: {e}"
+        inf = gdb.selected_inferior()
+        if not inf.pid or not inf.threads():
+            return "guest exited"
+        if c is not None and c.step_pending is not None:
+            c.land()
+            continue
+        if c is not None and c.follow_landings():
+            continue
+        return "guest stopped (interrupt or a stop that is not the checker's)"
+
+
+def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = True,
+        mode: str = "handler") -> None:
     """arm=False only attaches (no breakpoint): the baseline of scripts/bench-stops."""
     gdb.execute("set pagination off")
     gdb.execute("set confirm off")
@@ -46,30 +71,19 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = 
         connect(target, connect_timeout)
         _say(f"connected to {target}")
         if arm:
-            c = checker.Checker(json_path=json_path)
+            c = checker.Checker(json_path=json_path, mode=mode)
             c.arm()
             checker.set_current(c)
-            _say(f"armed on {c.kinfo.handler_name}; returns at "
+            _say(f"armed on {c.kinfo.handler_name} (mode {mode}); returns at "
                  + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
-        while True:
-            try:
-                gdb.execute("continue", to_string=False)
-            except gdb.error as e:
-                _say(f"target gone: {e}")
-                break
-            inf = gdb.selected_inferior()
-            if not inf.pid or not inf.threads():
-                _say("guest exited")
-                break
-            _say("guest stopped (interrupt or unexpected stop); ending the check")
-            break
+        _say(drive(c) + "; ending the check")
     except UserError as e:
         _say(f"error: {e}")
     finally:
         if c is not None:
             c.close()
             _say(f"events={len(c.events)} checker_errors={len(c.errors)} "
-                 f"unmatched_returns={c.unmatched_returns}")
+                 f"unmatched_returns={c.unmatched_returns} entry_stops={c.entry_stops} foreign_irets={c.foreign_irets}")
         try:
             if gdb.selected_inferior().pid:
                 gdb.execute("kill", to_string=True)
