@@ -135,3 +135,95 @@ def test_json_round_trip(recorded):
     for ev in recorded[:20]:
         back = Int3Event.from_json(ev.to_json())
         assert back == ev
+
+
+# --- MODE=full: the CPU's frame from the int3 entry stop and the landing after iret ---
+
+FULL = os.path.join(DATA, "livepatch-trace-6.12.117-cloud-full.jsonl")
+
+
+@pytest.fixture(scope="module")
+def full():
+    events, meta = report.load_events(FULL)
+    assert meta["mode"] == "full"
+    return events
+
+
+def test_full_recording_has_entry_frames_and_landings(full):
+    emulated = [ev for ev in full if ev.ret == 1]
+    assert len(emulated) >= 100
+    kinds = {ev.expected.kind for ev in emulated}
+    assert {"CALL", "NOP", "JMP"} <= kinds
+    for ev in full:
+        assert ev.hw_source == "entry"
+        # asm_exc_int3 pushed orig_ax and copied 6 words: the CPU's frame is
+        # 48 bytes above the copy in pt_regs.
+        assert ev.hw_frame["addr"] - (ev.regs_addr + 128) == verdict.GAP_BYTES
+    for ev in emulated:
+        assert ev.landing is not None, ev.seq
+        assert ev.landing["ip"] == ev.expected.ip
+        assert _fresh(ev).verdict == "VERIFIED"
+    calls = [ev for ev in emulated if ev.expected.kind == "CALL"]
+    assert calls and all(ev.landing["top"] == ev.site + 5 for ev in calls)
+
+
+def test_gap_violation_when_the_copied_frame_differs(full):
+    ev = _first(full, lambda e: e.ret == 1 and e.expected.kind == "NOP")
+    ev.hw_frame["flags"] ^= 0x200  # the entry code copied a frame with another IF
+    v, reasons, _ = judge(ev)
+    assert v == "GAP-VIOLATION" and "not the CPU's frame" in reasons[0] and "flags" in reasons[0]
+
+
+def test_gap_violation_for_an_other_int3_too(full):
+    ev = _first(full, lambda e: e.verdict == "OTHER")
+    ev.hw_frame["ip"] += 1
+    assert judge(ev)[0] == "GAP-VIOLATION"
+
+
+def test_gap_violation_without_the_gap_on_an_aligned_stack(full):
+    # No gap: pt_regs->ip sits where the CPU pushed its frame. The CPU aligns
+    # its frame to 16 bytes, so when the interrupted sp was aligned the push
+    # at sp-8 hits regs->ss.
+    ev = _first(full, lambda e: e.ret == 1 and e.expected.kind == "CALL" and e.before["sp"] % 16 == 0)
+    ev.regs_addr = ev.hw_frame["addr"] - 128
+    v, reasons, _ = judge(ev)
+    assert v == "GAP-VIOLATION"
+    assert any("inside the live pt_regs" in r and "0 bytes above regs->ip" in r for r in reasons)
+
+
+def test_gap_words_stand_in_for_the_entry_stop(full):
+    # MODE=handler: no entry stop; the words above pt_regs are the CPU's frame.
+    for ev in full[:50]:
+        ev = copy.deepcopy(ev)
+        ev.hw_frame, ev.hw_source = None, ""
+        assert verdict.hardware_frame(ev)[1] == "gap"
+        assert _fresh(ev).verdict in ("VERIFIED", "OTHER")
+
+
+def test_wrong_landing_ip(full):
+    ev = _first(full, lambda e: e.ret == 1 and e.expected.kind == "CALL")
+    ev.landing["ip"] = ev.site + 5  # iret went back to the call site's end
+    v, reasons, _ = judge(ev)
+    assert v == "WRONG-LANDING" and f"arrived at {ev.site + 5:#x}" in reasons[0]
+
+
+def test_wrong_landing_return_address(full):
+    ev = _first(full, lambda e: e.ret == 1 and e.expected.kind == "CALL")
+    ev.landing["top"] += 2
+    v, reasons, _ = judge(ev)
+    assert v == "WRONG-LANDING" and "[rsp]" in reasons[0]
+
+
+def test_handler_fault_outranks_landing(full):
+    ev = _first(full, lambda e: e.ret == 1 and e.expected.kind == "CALL")
+    ev.pushed += 2
+    ev.landing["top"] += 2
+    v, reasons, _ = judge(ev)
+    assert v == "WRONG-RETURN" and any(r.startswith("after iret") for r in reasons)
+
+
+def test_coverage_line(full):
+    line = report.coverage(full)
+    assert "from the int3 entry for" in line and "landing after iret for" in line
+    n = sum(1 for ev in full if ev.ret == 1)
+    assert f"{n}/{n} emulations" in line
