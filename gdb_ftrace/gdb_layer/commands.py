@@ -59,11 +59,12 @@ class FtraceInt3(gdb.Command):
 
 Usage: ftrace-int3 SUBCOMMAND [ARGS]
 
-Subcommands: info, arm, disarm, report. A typical session, attached to QEMU's
-gdbstub with the kernel's vmlinux loaded:
-  (gdb) ftrace-int3 arm --json /tmp/events.jsonl
-  (gdb) continue        # make the guest patch text, then Ctrl-C
-  (gdb) ftrace-int3 report"""
+Subcommands: info, arm, run, disarm, report. A typical session, attached to
+QEMU's gdbstub with the kernel's vmlinux loaded:
+  (gdb) ftrace-int3 arm --mode full --json /tmp/events.jsonl
+  (gdb) ftrace-int3 run     # make the guest patch text, then Ctrl-C
+  (gdb) ftrace-int3 report
+With --mode handler plain `continue` works as well."""
 
     def __init__(self):
         super().__init__("ftrace-int3", gdb.COMMAND_DATA, gdb.COMPLETE_NONE, prefix=True)
@@ -93,16 +94,22 @@ Example: ftrace-int3 info"""
 class FtraceInt3Arm(gdb.Command):
     """Start checking every int3 the kernel's text-patch handler takes.
 
-Usage: ftrace-int3 arm [--json FILE] [--echo]
+Usage: ftrace-int3 arm [--mode handler|landing|full] [--json FILE] [--echo]
 
-Sets two internal breakpoints: the handler's entry and the instruction after
-each call to it. Every entry becomes one event with one verdict. Re-arming
-starts a new event list.
-  --json FILE  append one JSON object per event to FILE as events complete
-  --echo       print one line per event as it completes (slow guests only)
-Example: ftrace-int3 arm --json /tmp/ftrace-int3.jsonl"""
+Sets internal breakpoints; every entry into the handler becomes one event
+with one verdict. Re-arming starts a new event list.
+  --mode handler  the handler's entry and return (2 stops per int3); the CPU's
+                  frame is read from the words the gap leaves above pt_regs
+  --mode landing  + follow each emulated int3 through iretq to the first
+                  instruction it lands on (+2 stops; needs 'ftrace-int3 run')
+  --mode full     + the int3 entry (asm_exc_int3), where the CPU's frame is
+                  read before the entry code copies it (+1 stop) (default)
+  --json FILE     append one JSON object per event to FILE as events complete
+  --echo          print one line per event as it completes (slow guests only)
+Example: ftrace-int3 arm --mode handler --json /tmp/ftrace-int3.jsonl"""
 
     parser = _Parser(prog="ftrace-int3 arm", add_help=True)
+    parser.add_argument("--mode", choices=checker.MODES, default="full")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--echo", action="store_true")
 
@@ -118,15 +125,45 @@ Example: ftrace-int3 arm --json /tmp/ftrace-int3.jsonl"""
         if old is not None:
             old.close()
         try:
-            c = checker.Checker(json_path=args.json, echo=args.echo)
+            c = checker.Checker(json_path=args.json, echo=args.echo, mode=args.mode)
         except OSError as e:
             raise gdb.GdbError(f"cannot open the event log: {e}") from None
         c.arm()
         checker.set_current(c)
         k = c.kinfo
-        gdb.write(f"ftrace-int3: armed on {k.handler_name} ({k.handler:#x}) and "
+        gdb.write(f"ftrace-int3: armed ({args.mode}) on {k.handler_name} ({k.handler:#x}) and "
                   f"{len(k.returns)} return point(s); batch from {k.desc_name}"
+                  + (f"; int3 entry {k.entry_name}" if args.mode == "full" else "")
                   + (f"; events -> {args.json}" if args.json else "") + "\n")
+        if args.mode != "handler":
+            gdb.write("ftrace-int3: resume with 'ftrace-int3 run' (not 'continue'): following a landing "
+                      "needs real stops that it steps over for you\n")
+
+
+class FtraceInt3Run(gdb.Command):
+    """Resume the guest with the checker armed, stepping over its landing stops, until Ctrl-C.
+
+Usage: ftrace-int3 run
+
+Like 'continue', but when the checker stops at the iretq of an emulated int3
+(--mode landing/full) it single-steps that vCPU (the others stay stopped),
+records where it landed, and resumes. Returns when the guest exits, gdb is
+interrupted (Ctrl-C) or the guest stops for a reason of its own.
+Example: ftrace-int3 run"""
+
+    def __init__(self):
+        super().__init__("ftrace-int3 run", gdb.COMMAND_RUNNING)
+
+    def invoke(self, arg, from_tty):
+        from . import runner
+
+        if arg.strip():
+            raise gdb.GdbError("ftrace-int3 run takes no arguments")
+        c = checker.current()
+        if c is None or not c.armed:
+            raise gdb.GdbError("ftrace-int3 is not armed: run 'ftrace-int3 arm' first")
+        why = runner.drive(c)
+        gdb.write(f"ftrace-int3: {why}; {len(c.events)} event(s) so far ('ftrace-int3 report')\n")
 
 
 class FtraceInt3Disarm(gdb.Command):
@@ -193,5 +230,6 @@ def register() -> None:
     FtraceInt3()
     FtraceInt3Info()
     FtraceInt3Arm()
+    FtraceInt3Run()
     FtraceInt3Disarm()
     FtraceInt3Report()

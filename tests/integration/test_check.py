@@ -25,6 +25,11 @@ def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir):
                  if l.startswith("cmdline_proc_show+") and " CALL " in l and "VERIFIED" in l]
     targets = {re.split(r"\s{2,}", l)[3] for l in call_rows}
     assert "ftrace_caller" in targets and len(targets) >= 2, p.stdout
+    # MODE=full is the default: every kernel int3 has the CPU's frame from the
+    # entry stop, and every emulation was followed to its landing.
+    m = re.search(r"CPU frame from the int3 entry for (\d+)/(\d+) .* landing after iret for (\d+)/(\d+)",
+                  p.stdout)
+    assert m and m[1] == m[2] and m[3] == m[4] and int(m[3]) >= 50, p.stdout
     # The VM was built before the tests ran: this run must neither download nor build.
     assert not re.search(r"\[vm\] (downloading|extracting|building|adding)", p.stderr), p.stderr
     assert "[vm] VM ready" in p.stderr

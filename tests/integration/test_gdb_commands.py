@@ -1,7 +1,10 @@
 """The ftrace-int3 commands inside real gdb with the real vmlinux (no guest running)."""
 
 import os
+import re
 import subprocess
+
+from gdb_ftrace.core import report
 
 from .helpers import ROOT
 
@@ -24,7 +27,7 @@ def test_info_names_what_was_found(vm_dir):
 
 
 def test_every_subcommand_has_help_with_usage(vm_dir):
-    for sub in ("", " info", " arm", " disarm", " report"):
+    for sub in ("", " info", " arm", " run", " disarm", " report"):
         out = gdb(None, f"help ftrace-int3{sub}")
         lines = out.strip().splitlines()
         assert lines and lines[0].strip(), sub
@@ -47,3 +50,33 @@ def test_report_from_a_recorded_event_log(vm_dir):
     out = gdb(None, f"ftrace-int3 report --json {log}")
     assert "cmdline_proc_show+0x4" in out
     assert "events=235 verified=234 failed=0 missed=0 other=1" in out
+
+
+def test_interactive_session_arm_full_and_run(vm_dir, tmp_path):
+    """What a developer types: target remote, arm --mode full, run, report."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-smp", "2", "-m", "1G",
+         "-kernel", os.path.join(vm_dir, "bzImage"), "-initrd", os.path.join(vm_dir, "initramfs.cpio.gz"),
+         "-append", "console=ttyS0 nokaslr panic=-1 gdb_ftrace.scenario=livepatch-trace gdb_ftrace.toggles=10",
+         "-display", "none", "-monitor", "none", "-serial", f"file:{tmp_path}/serial.log", "-no-reboot",
+         "-gdb", f"tcp:127.0.0.1:{port}", "-S"], stdin=subprocess.DEVNULL)
+    try:
+        log = tmp_path / "ev.jsonl"
+        out = gdb(os.path.join(vm_dir, "vmlinux"), f"target remote 127.0.0.1:{port}",
+                  f"ftrace-int3 arm --mode full --json {log}", "ftrace-int3 run", "ftrace-int3 report")
+    finally:
+        qemu.kill()
+        qemu.wait(timeout=30)
+    assert "armed (full)" in out and "resume with 'ftrace-int3 run'" in out
+    assert "ftrace-int3: guest exited" in out, out[-3000:]
+    m = re.search(r"ftrace-int3: events=(\d+) verified=(\d+) failed=0 missed=0", out)
+    assert m and int(m[2]) >= 20, out[-3000:]
+    events, meta = report.load_events(str(log))
+    assert meta["mode"] == "full"
+    emulated = [ev for ev in events if ev.ret == 1]
+    assert emulated and all(ev.landing is not None and ev.hw_source == "entry" for ev in emulated)
