@@ -9,15 +9,17 @@ PY := /usr/bin/python3
 
 KERNEL   ?=
 SCENARIO ?= livepatch-trace
-TOGGLES  ?= 30
+TOGGLES  ?=
 ACCEL    ?= tcg-single
 MODE     ?= full
 KASLR    ?= 0
 JSON     ?=
-TIMEOUT  ?= 600
+TIMEOUT  ?=
+SAMPLE   ?=
 
-CHECK_ARGS = --scenario '$(SCENARIO)' --toggles '$(TOGGLES)' --accel '$(ACCEL)' --mode '$(MODE)' \
-	--kaslr '$(KASLR)' --timeout '$(TIMEOUT)' $(if $(JSON),--json '$(JSON)')
+CHECK_ARGS = --scenario '$(SCENARIO)' $(if $(TOGGLES),--toggles '$(TOGGLES)') --accel '$(ACCEL)' --mode '$(MODE)' \
+	--kaslr '$(KASLR)' $(if $(TIMEOUT),--timeout '$(TIMEOUT)') \
+	$(if $(SAMPLE),--sample '$(SAMPLE)') $(if $(JSON),--json '$(JSON)')
 
 .PHONY: help setup vm check bench test unit-test integration-test clean
 .DEFAULT_GOAL := help
@@ -27,7 +29,7 @@ help:
 	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>)"
 	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed"
 	@echo "  make unit-test | integration-test"
-	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=$(TOGGLES) ACCEL=$(ACCEL) MODE=$(MODE) KASLR=$(KASLR) JSON=<file> TIMEOUT=$(TIMEOUT)"
+	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=$(MODE) KASLR=$(KASLR) JSON=<file> TIMEOUT=<s> SAMPLE=<n>"
 
 setup:
 	@scripts/setup-host
@@ -42,7 +44,7 @@ check:
 
 # What the checker costs, side by side in one run: no gdb / gdb attached / armed.
 bench: setup
-	@$(PY) scripts/bench-stops $(if $(KERNEL),--kernel '$(KERNEL)') --toggles '$(TOGGLES)'
+	@$(PY) scripts/bench-stops $(if $(KERNEL),--kernel '$(KERNEL)') $(if $(TOGGLES),--toggles '$(TOGGLES)')
 
 unit-test: setup
 	$(PY) -m pytest -q tests/unit

@@ -81,8 +81,11 @@ def coverage(events: list[Int3Event]) -> str:
     emulated = [ev for ev in evs if ev.ret and ev.expected is not None and ev.expected.emulate]
     landed = sum(1 for ev in emulated if ev.landing is not None)
     notes = collections.Counter(ev.landing_note for ev in emulated if ev.landing is None and ev.landing_note)
+    sampled_out = sum(1 for ev in evs if not ev.deep)
     line = (f"checked: CPU frame from the int3 entry for {entry}/{len(kernel)} kernel int3s "
             f"(others: the words above pt_regs); landing after iret for {landed}/{len(emulated)} emulations")
+    if sampled_out:
+        line += f"; {sampled_out} int3s past the per-batch sample got the handler checks only"
     for note, n in notes.most_common(3):
         line += f"\n  {n} landing(s) not seen: {note}"
     return line

@@ -74,6 +74,7 @@ class Int3Event:
     hw_source: str = ""  # "entry": read at the int3 entry stop; "gap": the words above pt_regs
     landing: dict[str, int] | None = None  # first instruction after iret: ip, sp, top ([sp])
     landing_note: str = ""  # why there is no landing (not followed, run ended, ...)
+    deep: bool = True  # entry frame / landing were wanted for it (False: sampled out)
     verdict: str = ""
     reasons: list[str] = dataclasses.field(default_factory=list)
     expected: Expected | None = None

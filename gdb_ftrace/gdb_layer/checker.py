@@ -63,9 +63,18 @@ class _Bp(gdb.Breakpoint):
 class Checker:
     """Records one Int3Event per handler entry; see core.verdict for the verdicts."""
 
-    def __init__(self, json_path: str | None = None, echo: bool = False, mode: str = "handler") -> None:
+    def __init__(self, json_path: str | None = None, echo: bool = False, mode: str = "handler",
+                 sample: int = 0) -> None:
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}; one of: {', '.join(MODES)}")
+        if sample < 0:
+            raise UserError("sample must be 0 (every int3) or a positive number per batch")
+        # sample > 0: the entry stop and the landing only for the first `sample`
+        # int3s of each batch; the others get the handler checks (2 stops).
+        self.sample = sample
+        self.batch_key: tuple | None = None
+        self.batch_deep = 0
+        self.sampled_out = 0
         self.kinfo = kernel.info()
         self.mode = mode
         if mode == "full" and self.kinfo.entry is None:
@@ -93,12 +102,14 @@ class Checker:
         self._bps: list[_Bp] = []
         if self._json:
             self._write({"record": "meta", "kernel": self.kinfo.to_json(), "armed_at": time.time(),
-                         "mode": mode})
+                         "mode": mode, "sample": sample})
 
     # -- arming ---------------------------------------------------------
     def arm(self) -> None:
+        self._entry_bp = None
         if self.mode == "full":
-            self._bps.append(_Bp(self.kinfo.entry, self._guard(self.on_int3_entry)))
+            self._entry_bp = _Bp(self.kinfo.entry, self._guard(self.on_int3_entry))
+            self._bps.append(self._entry_bp)
         self._bps.append(_Bp(self.kinfo.handler, self._guard(self.on_entry)))
         for _caller, ret in self.kinfo.returns:
             self._bps.append(_Bp(ret, self._guard(self.on_return)))
@@ -187,6 +198,14 @@ class Checker:
                 else:
                     ev.stale_entry = e
                 break
+        key = (batch.nr, batch.entries[0].site, batch.entries[-1].site) if batch.live and batch.entries else None
+        if key is not None and key != self.batch_key:
+            self.batch_key, self.batch_deep = key, 0
+        ev.deep = self.sample == 0 or key is None or self.batch_deep < self.sample
+        if key is not None and ev.deep:
+            self.batch_deep += 1
+        if not ev.deep:
+            self.sampled_out += 1
         if ev.entry is not None and ev.entry.opcode == 0xC3:  # RET pops the interrupted stack
             ev.stack_top = int.from_bytes(mem.read(before["sp"], 8), "little")
         self.pending[ev.cpu].append(ev)
@@ -218,7 +237,7 @@ class Checker:
             word = mem.try_read(ev.after["sp"], 8)
             ev.pushed = int.from_bytes(word, "little") if word is not None else None
         cpu = ev.cpu
-        want_landing = self._iret_bp is not None and ev.ret and not ev.before["cs"] & 3
+        want_landing = self._iret_bp is not None and ev.ret and not ev.before["cs"] & 3 and ev.deep
         if want_landing:
             old = self.landings.pop(cpu, None)
             if old is not None:
@@ -238,8 +257,8 @@ class Checker:
             self.unhandled.pop(cpu, None)
             self.repeat_key, self.repeat_count = None, 0
         # gdb forbids changing breakpoints inside stop(): stop for real and let
-        # the driver loop enable the iretq breakpoint (follow_landings()).
-        return bool(want_landing) and not self._iret_bp.enabled
+        # the driver loop switch them (sync_breakpoints()).
+        return self._breakpoints_out_of_date()
 
     def on_iret(self) -> bool:
         """The iretq of the return to kernel mode. Ours when %rsp is our pt_regs' ip."""
@@ -254,13 +273,27 @@ class Checker:
         self.step_pending = ev
         return True  # a real stop: runner.drive() steps the vCPU over the iretq
 
-    def follow_landings(self) -> bool:
-        """Called by the driver loop at a real stop: enable the iretq breakpoint if a landing
-        is pending. True when that was the reason for the stop."""
-        if self._iret_bp is None or not self.landings or self._iret_bp.enabled:
-            return False
-        self._iret_bp.enabled = True
-        return True
+    def _wanted(self) -> dict:
+        want = {}
+        if self._iret_bp is not None:
+            want[self._iret_bp] = bool(self.landings)
+        if self._entry_bp is not None:
+            want[self._entry_bp] = self.sample == 0 or self.batch_deep < self.sample
+        return want
+
+    def _breakpoints_out_of_date(self) -> bool:
+        return any(bp.enabled != on for bp, on in self._wanted().items())
+
+    def sync_breakpoints(self) -> bool:
+        """Called by the driver loop at a real stop: enable the iretq breakpoint while a
+        landing is pending, the entry breakpoint while the batch's sample lasts.
+        True when something changed (that was the reason for the stop)."""
+        changed = False
+        for bp, on in self._wanted().items():
+            if bp.is_valid() and bp.enabled != on:
+                bp.enabled = on
+                changed = True
+        return changed
 
     def land(self) -> None:
         """Called by the driver loop, stopped at our iretq: step it and record the landing."""
@@ -279,8 +312,7 @@ class Checker:
         except gdb.error as e:
             ev.landing_note = f"could not step over the iretq: {e}"
         self.landings.pop(ev.cpu, None)
-        if not self.landings and self._iret_bp is not None and self._iret_bp.is_valid():
-            self._iret_bp.enabled = False
+        self.sync_breakpoints()
         self._complete(ev)
 
     def on_kprobe_return(self) -> None:

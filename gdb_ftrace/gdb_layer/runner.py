@@ -55,13 +55,13 @@ def drive(c: "checker.Checker | None") -> str:
         if c is not None and c.step_pending is not None:
             c.land()
             continue
-        if c is not None and c.follow_landings():
+        if c is not None and c.sync_breakpoints():
             continue
         return "guest stopped (interrupt or a stop that is not the checker's)"
 
 
 def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = True,
-        mode: str = "handler") -> None:
+        mode: str = "handler", sample: int = 0) -> None:
     """arm=False only attaches (no breakpoint): the baseline of scripts/bench-stops."""
     gdb.execute("set pagination off")
     gdb.execute("set confirm off")
@@ -71,7 +71,7 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = 
         connect(target, connect_timeout)
         _say(f"connected to {target}")
         if arm:
-            c = checker.Checker(json_path=json_path, mode=mode)
+            c = checker.Checker(json_path=json_path, mode=mode, sample=sample)
             c.arm()
             checker.set_current(c)
             _say(f"armed on {c.kinfo.handler_name} (mode {mode}); returns at "
@@ -83,7 +83,7 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = 
         if c is not None:
             c.close()
             _say(f"events={len(c.events)} checker_errors={len(c.errors)} "
-                 f"unmatched_returns={c.unmatched_returns} entry_stops={c.entry_stops} foreign_irets={c.foreign_irets}")
+                 f"unmatched_returns={c.unmatched_returns} entry_stops={c.entry_stops} foreign_irets={c.foreign_irets} sampled_out={c.sampled_out}")
         try:
             if gdb.selected_inferior().pid:
                 gdb.execute("kill", to_string=True)

@@ -6,6 +6,10 @@
 # re-patched in batches, while CPU1 keeps calling traced functions. Jump
 # labels flip too. Reads that are not the livepatch marker count as
 # unpatched, as in livepatch-trace.
+#
+# Tens of thousands of int3s per toggle: one toggle, and the entry stop and
+# landing for the first int3s of each batch only (the handler checks for all).
+# check: toggles=1 sample=4 timeout=2400
 . /scenarios/livepatch-trace.sh
 
 run_scenario() {
