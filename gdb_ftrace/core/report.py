@@ -13,7 +13,7 @@ import re
 from typing import Iterable
 
 from .insn import classify_bytes
-from .verdict import FAIL_VERDICTS, Int3Event, finalize, verdict_class
+from .verdict import FAIL_VERDICTS, Int3Event, finalize, other_kind, verdict_class
 
 HEADERS = ("site", "installing", "emulated", "target", "verdict", "count", "cpus")
 
@@ -30,6 +30,8 @@ def group_rows(events: Iterable[Int3Event]) -> list[tuple]:
     for ev in events:
         installing = classify_bytes(ev.entry.installed) if ev.entry else "-"
         emulated = ev.expected.kind if ev.expected else "-"
+        if ev.verdict == "OTHER":
+            emulated = other_kind(ev)
         if ev.expected and ev.expected.target is not None:
             target = _fmt_addr_sym(ev.expected.target, ev.target_sym)
         else:

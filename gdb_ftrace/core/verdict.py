@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from . import ftrace_era
 from .insn import MASK64, Expected, PokeEntry, classify_bytes, expected_effect
 
 PT_REGS_SIZE = 168
@@ -75,6 +76,7 @@ class Int3Event:
     landing: dict[str, int] | None = None  # first instruction after iret: ip, sp, top ([sp])
     landing_note: str = ""  # why there is no landing (not followed, run ended, ...)
     deep: bool = True  # entry frame / landing were wanted for it (False: sampled out)
+    ftrace: dict[str, Any] | None = None  # v5.2-v5.5: the FtraceState the handler decided by
     verdict: str = ""
     reasons: list[str] = dataclasses.field(default_factory=list)
     expected: Expected | None = None
@@ -117,6 +119,8 @@ def judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
 def _judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
     if ev.ret is None:
         return "INCOMPLETE", ["the handler had not returned when the run ended"], None
+    if ev.ftrace is not None:
+        return _judge_ftrace_era(ev)
     entry = ev.entry
     if entry is None:
         if ev.ret == 0 and ev.stale_entry is not None:
@@ -147,7 +151,29 @@ def _judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
         return "MISSED", [
             f"site is entry {entry.index} of {ev.batch_nr} in the batch, installing "
             f"{classify_bytes(entry.installed)}, but the handler returned 0"], exp
+    return _compare(ev, exp)
 
+
+def _judge_ftrace_era(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
+    """v5.2-v5.5 ftrace_int3_handler: see core.ftrace_era."""
+    st = ftrace_era.FtraceState(**ev.ftrace)
+    exp = ftrace_era.expected_effect(ev.site, st)
+    if not exp.emulate:
+        if ev.ret == 0:
+            return "OTHER", ["neither an fentry site nor the trampoline call being rewritten; "
+                             "ftrace_int3_handler correctly returned 0"], exp
+        return "UNEXPECTED-EMULATION", [
+            f"ftrace_int3_handler returned {ev.ret} for {_hex(ev.site)}, which is neither an fentry site "
+            f"nor ftrace_update_func {_hex(st.update_func)}"], exp
+    if ev.ret == 0:
+        what = "an fentry site (ftrace_location)" if st.is_location else "the trampoline call being rewritten"
+        return "MISSED", [f"{_hex(ev.site)} is {what} while modifying_ftrace_code={st.modifying}, "
+                          f"but ftrace_int3_handler returned 0"], exp
+    return _compare(ev, exp)
+
+
+def _compare(ev: Int3Event, exp: Expected) -> tuple[str, list[str], Expected | None]:
+    """What the handler left in pt_regs (and the vCPU after iret) against `exp`."""
     failures = frame_failures(ev)
     after = ev.after or {}
     sp0 = ev.before["sp"]
@@ -237,3 +263,20 @@ def finalize(ev: Int3Event) -> Int3Event:
     """Fill in verdict, reasons and expectation; returns the same event."""
     ev.verdict, ev.reasons, ev.expected = judge(ev)
     return ev
+
+
+def other_kind(ev: Int3Event) -> str:
+    """What an OTHER int3 was, from what was seen (never a FAIL)."""
+    if ev.before.get("cs", 0) & 3:
+        return "user-mode int3"
+    if ev.site_sym.startswith(("int3_selftest", "int3_magic")):
+        return "int3 self-test"
+    if ev.expected is not None and ev.expected.kind == "INT3":
+        return "int3 being installed"
+    if any("kprobe_int3_handler returned 1" in n for n in ev.next):
+        return "kprobe"
+    if any("die()" in n or "nobody owns" in n for n in ev.next):
+        return "no owner (die)"
+    if ev.ftrace is not None:
+        return "not ftrace's"
+    return "not text patching"

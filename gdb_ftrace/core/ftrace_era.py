@@ -1,0 +1,67 @@
+"""v5.2 - v5.5: ftrace's own int3 handler, pure.
+
+Before v5.6 ftrace patched its call sites itself and do_int3() asked
+`ftrace_int3_handler()` (arch/x86/kernel/ftrace.c) first, while
+`modifying_ftrace_code` was non-zero. Upstream 9e298e860408 (v5.2, and the
+stable backports 4.14.122, 4.19.46, 5.0.19, 5.1.5) made it emulate a CALL
+instead of skipping the site:
+
+    ip = regs->ip - INT3_INSN_SIZE;
+    if (ftrace_location(ip)) {                      /* any fentry site */
+        int3_emulate_call(regs, (unsigned long)ftrace_regs_caller);
+        return 1;
+    } else if (is_ftrace_caller(ip)) {              /* ip == ftrace_update_func */
+        if (!ftrace_update_func_call) {
+            int3_emulate_jmp(regs, ip + CALL_INSN_SIZE);
+            return 1;
+        }
+        int3_emulate_call(regs, ftrace_update_func_call);
+        return 1;
+    }
+    return 0;
+
+There is no batch vector: what is being installed is not consulted. At an
+fentry site the emulated call always goes to ftrace_regs_caller, whose list
+walker runs every registered handler (that is what keeps livepatch right),
+whether the site is becoming a CALL or a NOP. The call inside an ftrace
+trampoline (ftrace_call / ftrace_regs_call) being rewritten goes to the new
+function, or is jumped over while ftrace_update_func_call is 0 (the graph
+caller's JMP update). Before 9e298e860408 the handler did
+`regs->ip += MCOUNT_INSN_SIZE - 1`: the site acted as a NOP, and a
+livepatched function's old body ran. The checker calls that WRONG-TARGET.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .insn import CALL_INSN_SIZE, MASK64, Expected
+
+HANDLER = "ftrace_int3_handler"
+
+
+@dataclasses.dataclass(frozen=True)
+class FtraceState:
+    """What ftrace_int3_handler decides by, read when the handler is entered."""
+
+    modifying: int  # atomic_t modifying_ftrace_code (do_int3 only calls the handler when != 0)
+    is_location: bool  # ftrace_location(site) != 0: the site is an fentry site
+    update_func: int  # ftrace_update_func: the trampoline call site being rewritten (0: none)
+    update_func_call: int  # ftrace_update_func_call: its new target (0: a JMP update)
+    regs_caller: int  # &ftrace_regs_caller
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def expected_effect(site: int, st: FtraceState) -> Expected:
+    """What ftrace_int3_handler must do for an int3 at `site`."""
+    ret_addr = (site + CALL_INSN_SIZE) & MASK64
+    if st.is_location:
+        return Expected("CALL", True, ip=st.regs_caller, sp_delta=-8, push=ret_addr, target=st.regs_caller)
+    if st.update_func and site == st.update_func:
+        if st.update_func_call == 0:
+            return Expected("JMP", True, ip=ret_addr, target=ret_addr)
+        return Expected("CALL", True, ip=st.update_func_call, sp_delta=-8, push=ret_addr,
+                        target=st.update_func_call)
+    return Expected("NONE", emulate=False)
