@@ -86,7 +86,8 @@ class Checker:
         self.step_pending: Int3Event | None = None  # stopped at its iretq: the driver must stepi
         self._iret_bp: _Bp | None = None
         self.entry_stops = 0
-        self.foreign_irets = 0  # iretq stops that were not a pending landing's
+        self.foreign_irets = 0
+        self.max_depth = 1  # deepest nesting of int3s on one vCPU  # iretq stops that were not a pending landing's
         self.events: list[Int3Event] = []
         self.pending: dict[int, list[Int3Event]] = collections.defaultdict(list)
         self.errors: list[str] = []
@@ -208,9 +209,16 @@ class Checker:
             self.sampled_out += 1
         if ev.entry is not None and ev.entry.opcode == 0xC3:  # RET pops the interrupted stack
             ev.stack_top = int.from_bytes(mem.read(before["sp"], 8), "little")
+        outer = self.pending[ev.cpu]
         self.pending[ev.cpu].append(ev)
         if self._json:  # so that a crash before the return still leaves the entry
             self._write({"record": "entry", **ev.to_json()})
+        if outer[:-1]:  # an int3 inside the int3 path: the kprobe_int3_handler+0x1 recursion class
+            prev = outer[-2]
+            ev.depth = len(outer)
+            self.max_depth = max(self.max_depth, ev.depth)
+            self._note(prev, f"int3 #{ev.seq} at {ev.site:#x} was taken on cpu{ev.cpu} before this "
+                             f"handler returned: nesting depth {ev.depth}")
 
     def on_return(self) -> bool:
         stack = self.pending.get(_cpu())

@@ -83,7 +83,7 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = 
         if c is not None:
             c.close()
             _say(f"events={len(c.events)} checker_errors={len(c.errors)} "
-                 f"unmatched_returns={c.unmatched_returns} entry_stops={c.entry_stops} foreign_irets={c.foreign_irets} sampled_out={c.sampled_out}")
+                 f"unmatched_returns={c.unmatched_returns} entry_stops={c.entry_stops} foreign_irets={c.foreign_irets} sampled_out={c.sampled_out} max_depth={c.max_depth}")
         try:
             if gdb.selected_inferior().pid:
                 gdb.execute("kill", to_string=True)
