@@ -46,13 +46,27 @@ def group_rows(events: Iterable[Int3Event]) -> list[tuple]:
     return rows
 
 
-def render_table(rows: list[tuple], headers=HEADERS) -> str:
+def render_table(rows: list[tuple], headers=HEADERS, limit: int | None = None) -> str:
+    """The grouped rows as a table. With `limit`, FAIL-class and MISSED rows are all
+    shown and the rest up to `limit` rows (the most frequent first), then a count."""
     from tabulate import tabulate  # imported here so the core imports without it
 
     if not rows:
         return "(no int3 events)"
-    return tabulate(rows, headers=headers, tablefmt="simple", colalign=(
+    hidden: list[tuple] = []
+    if limit is not None and len(rows) > limit:
+        keep = [r for r in rows if verdict_class(r[4]) in ("failed", "missed")]
+        rest = [r for r in rows if verdict_class(r[4]) not in ("failed", "missed")]
+        room = max(limit - len(keep), 0)
+        rows, hidden = keep + rest[:room], rest[room:]
+    out = tabulate(rows, headers=headers, tablefmt="simple", colalign=(
         "left", "left", "left", "left", "left", "right", "left"))
+    if hidden:
+        kinds = collections.Counter(r[2] for r in hidden)
+        out += (f"\n... {len(hidden)} more rows ({sum(r[5] for r in hidden)} events, all "
+                + "/".join(sorted({r[4] for r in hidden})) + "; "
+                + ", ".join(f"{k} {n}" for k, n in kinds.most_common()) + " rows): see the JSON event log")
+    return out
 
 
 def explanations(events: Iterable[Int3Event], per_verdict: int = 5) -> list[str]:

@@ -85,3 +85,13 @@ def test_an_entry_without_its_return_becomes_incomplete(tmp_path):
     assert len(events) == len(lines)
     assert events[-1].seq == last["seq"] and events[-1].verdict == "INCOMPLETE"
     assert report.summarize(events, None).other == 2
+
+
+def test_table_limit_keeps_every_fail_row():
+    rows = [(f"f{i}+0x4", "CALL", "CALL", "ftrace_caller", "VERIFIED", 100 - i, "0") for i in range(50)]
+    rows.append(("bad+0x4", "CALL", "CALL", "ftrace_caller", "WRONG-TARGET", 1, "1"))
+    out = report.render_table(rows, limit=10)
+    assert "bad+0x4" in out and "WRONG-TARGET" in out
+    assert "f8+0x4" in out and "f9+0x4" not in out
+    assert out.splitlines()[-1].startswith("... 41 more rows")
+    assert "f49+0x4" in report.render_table(rows)

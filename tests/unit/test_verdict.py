@@ -227,3 +227,18 @@ def test_coverage_line(full):
     assert "from the int3 entry for" in line and "landing after iret for" in line
     n = sum(1 for ev in full if ev.ret == 1)
     assert f"{n}/{n} emulations" in line
+
+
+def test_trace_all_excerpt_rejudges_and_covers_the_kinds():
+    """An excerpt of `make check SCENARIO=trace-all` on 6.12.117 (MODE=full,
+    SAMPLE=4, 31429 int3s, PASS): fentry CALL<->NOP5 into the function
+    tracer's trampoline, jump labels, landings and gap-word frames."""
+    events, meta = report.load_events(os.path.join(DATA, "trace-all-6.12.117-cloud-excerpt.jsonl"))
+    assert meta["sample"] == 4
+    for ev in events:
+        assert _fresh(ev).verdict == ev.verdict, ev.seq
+    kinds = {ev.expected.kind for ev in events if ev.expected}
+    assert {"CALL", "NOP", "JMP"} <= kinds
+    assert any(ev.target_sym == "ftrace_ops trampoline (function_trace_call)" for ev in events)
+    assert {ev.hw_source for ev in events} == {"entry", "gap"}
+    assert any(not ev.deep for ev in events) and any(ev.landing for ev in events)
