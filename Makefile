@@ -21,13 +21,16 @@ CHECK_ARGS = --scenario '$(SCENARIO)' $(if $(TOGGLES),--toggles '$(TOGGLES)') --
 	--kaslr '$(KASLR)' $(if $(TIMEOUT),--timeout '$(TIMEOUT)') \
 	$(if $(SAMPLE),--sample '$(SAMPLE)') $(if $(JSON),--json '$(JSON)')
 
-.PHONY: help setup vm check bench test unit-test integration-test clean
+RUNS     ?= 10
+
+.PHONY: help setup vm check soak bench test unit-test integration-test clean
 .DEFAULT_GOAL := help
 
 help:
 	@sed -n '2,3p' Makefile | sed 's/^# *//'
 	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>)"
 	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed"
+	@echo "  make soak    the check RUNS=$(RUNS) times in a row, one line per run"
 	@echo "  make unit-test | integration-test"
 	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=$(MODE) KASLR=$(KASLR) JSON=<file> TIMEOUT=<s> SAMPLE=<n>"
 
@@ -41,6 +44,11 @@ vm: setup
 check:
 	@scripts/setup-host || { echo "ftrace-int3 check: FAIL verified=0 failed=0 missed=0 other=0 guest_unpatched=-1"; exit 1; }
 	@$(PY) scripts/ftrace-int3-check --kernel '$(KERNEL)' $(CHECK_ARGS)
+
+# The same check RUNS times in a row (fresh boot each): no false FAIL may appear.
+soak: setup
+	@vm-images/build-vm $(KERNEL) >/dev/null
+	@$(PY) scripts/soak-check --runs '$(RUNS)' -- --kernel '$(KERNEL)' $(CHECK_ARGS)
 
 # What the checker costs, side by side in one run: no gdb / gdb attached / armed.
 bench: setup
