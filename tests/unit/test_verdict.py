@@ -1,6 +1,7 @@
 """Verdict rules on events recorded from live Debian cloud kernels under QEMU
 (tests/data/livepatch-trace-*.jsonl: `make check` default scenario on
-6.12.117+deb12, which has IBT, and on 6.1.0-56, which has not), and on copies of them with one fault injected each: every verdict class must be
+6.12.117+deb12, which has IBT, on 6.1.0-56, which has not, and on
+7.3.4+deb13 of the v6.16+ smp_text_poke_* era), and on copies of them with one fault injected each: every verdict class must be
 reachable, and each injected fault must produce exactly its verdict."""
 
 import copy
@@ -36,26 +37,28 @@ def _is_call(ev):
     return ev.verdict == "VERIFIED" and ev.expected.kind == "CALL"
 
 
-RECORDINGS = {  # file, the livepatched function's fentry site
-    "6.12.117": ("livepatch-trace-6.12.117-cloud.jsonl", "cmdline_proc_show+0x4"),
-    "6.1.0-56": ("livepatch-trace-6.1.0-56-cloud.jsonl", "cmdline_proc_show"),
+RECORDINGS = {  # file, the livepatched function's fentry site, the boot int3 self-test's site
+    "6.12.117": ("livepatch-trace-6.12.117-cloud.jsonl", "cmdline_proc_show+0x4", "int3_selftest+0x36"),
+    "6.1.0-56": ("livepatch-trace-6.1.0-56-cloud.jsonl", "cmdline_proc_show", "int3_selftest+0x36"),
+    # v6.16+ era (smp_text_poke_int3_handler, text_poke_array), MODE=full, entry records left out
+    "7.3.4": ("livepatch-trace-7.3.4+deb13-cloud-amd64.jsonl", "cmdline_proc_show+0x4", "int3_selftest_asm"),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(RECORDINGS))
 def each_recording(request):
-    name, site = RECORDINGS[request.param]
-    return report.load_events(os.path.join(DATA, name))[0], site
+    name, site, selftest = RECORDINGS[request.param]
+    return report.load_events(os.path.join(DATA, name))[0], site, selftest
 
 
 def test_rejudging_recorded_events_gives_the_recorded_verdicts(each_recording):
-    events, _ = each_recording
+    events = each_recording[0]
     for ev in events:
         assert _fresh(ev).verdict == ev.verdict, ev.seq
 
 
 def test_recorded_run_has_the_seed_property(each_recording):
-    recorded, site = each_recording
+    recorded, site, selftest = each_recording
     calls = [ev for ev in recorded if _is_call(ev) and ev.site_sym == site]
     assert len(calls) >= 50
     assert {ev.target_sym for ev in calls} == {"ftrace_caller", "ftrace_ops trampoline (klp_ftrace_handler)"}
@@ -64,7 +67,7 @@ def test_recorded_run_has_the_seed_property(each_recording):
         assert ev.after["sp"] == ev.before["sp"] - 8
     assert all(ev.verdict in ("VERIFIED", "OTHER") for ev in recorded)
     # The int3 self-test at boot is the one OTHER: not a text-patch int3.
-    assert [ev.site_sym for ev in recorded if ev.verdict == "OTHER"] == ["int3_selftest+0x36"]
+    assert [ev.site_sym for ev in recorded if ev.verdict == "OTHER"] == [selftest]
 
 
 def test_recorded_gap_words_mirror_the_hardware_frame(each_recording):
