@@ -107,6 +107,34 @@ def coverage(events: list[Int3Event]) -> str:
     return line
 
 
+def missed_hints(events: Iterable[Int3Event], accel: str = "") -> list[str]:
+    """Why MISSED int3s happened, in words, from what the events show."""
+    missed = [ev for ev in events if ev.verdict == "MISSED"]
+    if not missed:
+        return []
+    stale = [ev for ev in missed if ev.entry is None]
+    out = []
+    if stale:
+        ev = stale[0]
+        fate = "the kernel died on it (die())" if any("die()" in n for n in ev.next) else \
+            "kprobe_int3_handler rewound regs->ip to re-execute the site" if any("rewinding" in n for n in ev.next) \
+            else "see 'then' in the explanation above"
+        out.append(
+            f"hint: {len(stale)} MISSED int3(s) came after the batch covering the site had finished: the "
+            f"kernel had written the new instruction and synchronised every CPU (text_poke_sync) before "
+            f"it dropped the batch, yet a vCPU still executed the old int3; the handler, finding no batch, "
+            f"returned 0, and {fate}.")
+        if accel == "tcg-multi":
+            out.append("hint: ACCEL=tcg-multi: QEMU's multi-threaded TCG can run a stale translation of "
+                       "code that another vCPU rewrote; real CPUs cannot after the sync. Use "
+                       "ACCEL=tcg-single (the default) to check the kernel; keep tcg-multi to see this class.")
+    live = [ev for ev in missed if ev.entry is not None]
+    if live:
+        out.append(f"hint: {len(live)} MISSED int3(s) hit a site of the live batch and the handler "
+                   f"returned 0: a handler bug (the June 2025 regression class), not an emulator artefact.")
+    return out
+
+
 @dataclasses.dataclass
 class GuestResult:
     """What the guest said on its serial console (lines starting 'GDB_FTRACE:')."""

@@ -95,3 +95,17 @@ def test_table_limit_keeps_every_fail_row():
     assert "f8+0x4" in out and "f9+0x4" not in out
     assert out.splitlines()[-1].startswith("... 41 more rows")
     assert "f49+0x4" in report.render_table(rows)
+
+
+def test_missed_hints_name_the_class():
+    from gdb_ftrace.core.verdict import Int3Event, finalize
+
+    stale = Int3Event(seq=1, cpu=1, regs_addr=0x1000, before={"ip": 0x2001, "sp": 0x3000, "cs": 0x10},
+                      site=0x2000, site_bytes=b"\xe8\x00\x00\x00\x00", ret=0, after={"ip": 0x2001, "sp": 0x3000})
+    stale.next = ["kprobe_int3_handler returned 0: nobody owns this int3", "die() was called"]
+    finalize(stale)
+    assert stale.verdict == "MISSED"
+    hints = report.missed_hints([stale], "tcg-multi")
+    assert "after the batch covering the site had finished" in hints[0] and "die()" in hints[0]
+    assert "multi-threaded TCG" in hints[1]
+    assert report.missed_hints([stale], "tcg-single")[1:] == []
