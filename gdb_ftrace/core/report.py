@@ -83,7 +83,8 @@ def explanations(events: Iterable[Int3Event], per_verdict: int = 5) -> list[str]
         shown[ev.verdict] += 1
         where = _fmt_addr_sym(ev.site, ev.site_sym)
         out.append(f"{ev.verdict} #{ev.seq} cpu{ev.cpu} at {where} ({ev.site:#x}): " + "; ".join(ev.reasons)
-                   + ("".join(f"; then {n}" for n in ev.next)))
+                   + ("".join(f"; then {n}" for n in ev.next))
+                   + ("".join(f" [injected: {i}]" for i in ev.injected)))
     for v, n in hidden.items():
         out.append(f"{v}: {n} more like the above (see the JSON event log)")
     return out

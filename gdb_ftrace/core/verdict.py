@@ -75,6 +75,7 @@ class Int3Event:
     hw_source: str = ""  # "entry": read at the int3 entry stop; "gap": the words above pt_regs
     landing: dict[str, int] | None = None  # first instruction after iret: ip, sp, top ([sp])
     landing_note: str = ""  # why there is no landing (not followed, run ended, ...)
+    injected: list[str] = dataclasses.field(default_factory=list)  # what fault injection changed
     depth: int = 1  # int3s in flight on this vCPU counting this one (>1: taken inside the int3 path)
     deep: bool = True  # entry frame / landing were wanted for it (False: sampled out)
     ftrace: dict[str, Any] | None = None  # v5.2-v5.5: the FtraceState the handler decided by

@@ -33,6 +33,7 @@ from ..core.insn import MASK64
 from ..core.layout import GAP_WORDS, decode_struct, u64s
 from ..core.verdict import IRET_FRAME, Int3Event, finalize
 from . import kernel, mem, symbols
+from .inject import Injector
 
 REG_FIELDS = ("ip", "sp", "flags", "cs", "ss", "orig_ax")
 
@@ -64,7 +65,7 @@ class Checker:
     """Records one Int3Event per handler entry; see core.verdict for the verdicts."""
 
     def __init__(self, json_path: str | None = None, echo: bool = False, mode: str = "handler",
-                 sample: int = 0) -> None:
+                 sample: int = 0, inject: str | None = None) -> None:
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}; one of: {', '.join(MODES)}")
         if sample < 0:
@@ -77,6 +78,7 @@ class Checker:
         self.sampled_out = 0
         self.kinfo = kernel.info()
         self.mode = mode
+        self.injector = Injector(inject, self.kinfo) if inject else None
         if mode == "full" and self.kinfo.entry is None:
             raise UserError("MODE=full needs the int3 entry (asm_exc_int3 or int3) in the symbols")
         if mode != "handler" and self.kinfo.iret is None:
@@ -86,8 +88,9 @@ class Checker:
         self.step_pending: Int3Event | None = None  # stopped at its iretq: the driver must stepi
         self._iret_bp: _Bp | None = None
         self.entry_stops = 0
-        self.foreign_irets = 0
-        self.max_depth = 1  # deepest nesting of int3s on one vCPU  # iretq stops that were not a pending landing's
+        self.foreign_irets = 0  # iretq stops that were not a pending landing's
+        self.max_depth = 1  # deepest nesting of int3s on one vCPU
+        self.duplicate_stops = 0  # one breakpoint hit reported twice (multi-threaded TCG)
         self.events: list[Int3Event] = []
         self.pending: dict[int, list[Int3Event]] = collections.defaultdict(list)
         self.errors: list[str] = []
@@ -103,7 +106,7 @@ class Checker:
         self._bps: list[_Bp] = []
         if self._json:
             self._write({"record": "meta", "kernel": self.kinfo.to_json(), "armed_at": time.time(),
-                         "mode": mode, "sample": sample})
+                         "mode": mode, "sample": sample, "inject": inject})
 
     # -- arming ---------------------------------------------------------
     def arm(self) -> None:
@@ -130,7 +133,12 @@ class Checker:
         self._bps.clear()
 
     def close(self) -> None:
-        """Disarm, record events whose handler never returned, close the log."""
+        """Undo injections, disarm, record events whose handler never returned, close the log."""
+        restored = []
+        try:
+            restored = self.restore()
+        except gdb.error as e:  # the target is gone: nothing left to restore
+            restored = [f"not restored: {e}"]
         self.disarm()
         for ev in list(self.landings.values()):
             ev.landing_note = "the run ended before this vCPU returned from the int3"
@@ -143,6 +151,8 @@ class Checker:
         self.pending.clear()
         if self._json:
             self._write({"record": "meta", "closed_at": time.time(), "errors": self.errors,
+                         "restored": restored,
+                         "injected": self.injector.describe() if self.injector else None,
                          "unmatched_returns": self.unmatched_returns})
             self._json.close()
             self._json = None
@@ -169,12 +179,22 @@ class Checker:
         rsp = _reg(gdb.newest_frame(), "rsp")
         words = u64s(mem.read(rsp, 8 * len(IRET_FRAME)))
         self.entry_stops += 1
-        self.hw_frames[_cpu()].append({"addr": rsp, **dict(zip(IRET_FRAME, words))})
+        frames = self.hw_frames[_cpu()]
+        if frames and frames[-1]["addr"] == rsp:  # the same stop reported twice (see on_entry)
+            self.duplicate_stops += 1
+            return
+        frames.append({"addr": rsp, **dict(zip(IRET_FRAME, words))})
 
     def on_entry(self) -> None:
         k = self.kinfo
         frame = gdb.newest_frame()
         regs_addr = _reg(frame, "rdi")
+        open_ = self.pending.get(_cpu())
+        if open_ and open_[-1].regs_addr == regs_addr and open_[-1].entry_rsp == _reg(frame, "rsp"):
+            # The same stop reported twice (seen with multi-threaded TCG): a real
+            # nested int3 would enter on a deeper stack with another pt_regs.
+            self.duplicate_stops += 1
+            return
         size = k.pt_regs.size
         buf = mem.read(regs_addr, size + 8 * len(GAP_WORDS))
         before = decode_struct(k.pt_regs, buf, 0, REG_FIELDS)
@@ -189,8 +209,12 @@ class Checker:
             ev.hw_frame, ev.hw_source = frames.pop(), "entry"
         elif self.mode == "full":
             ev.hw_source = "gap"  # armed between the entry and the handler
+        if self.injector is not None:
+            self._injected(ev, self.injector.before_handler(site))
         ev.site_bytes = mem.try_read(site, 8) or b""
         batch = k.read_batch()
+        if self.injector is not None:
+            self.injector.after_batch(batch)
         ev.batch_nr = batch.nr if batch.live else None
         for e in batch.entries:
             if e.site == site:
@@ -239,6 +263,9 @@ class Checker:
         ev.ret = _reg(frame, "rax") & 0xFFFFFFFF
         if ev.ret & 0x80000000:
             ev.ret -= 1 << 32
+        if self.injector is not None:
+            f = self.kinfo.pt_regs.fields
+            self._injected(ev, self.injector.at_return(ev, f["ip"].offset, f["sp"].offset))
         buf = mem.read(ev.regs_addr, self.kinfo.pt_regs.size)
         ev.after = decode_struct(self.kinfo.pt_regs, buf, 0, ("ip", "sp"))
         if ev.after["sp"] != ev.before["sp"]:
@@ -320,6 +347,8 @@ class Checker:
         except gdb.error as e:
             ev.landing_note = f"could not step over the iretq: {e}"
         self.landings.pop(ev.cpu, None)
+        if self.injector is not None:
+            self._injected(ev, self.injector.after_landing(ev))
         self.sync_breakpoints()
         self._complete(ev)
 
@@ -345,6 +374,14 @@ class Checker:
             self._note(ev, "die() was called: the kernel oopses on this int3")
         else:
             self.errors.append(f"die() called on cpu{_cpu()} outside any int3 we saw")
+
+    def _injected(self, ev: Int3Event, what: str | None) -> None:
+        if what:
+            ev.injected.append(what)
+
+    def restore(self) -> list[str]:
+        """Undo every injection (kernel text, corrupted words); safe to call twice."""
+        return self.injector.restore() if self.injector is not None else []
 
     def _note(self, ev: Int3Event, what: str) -> None:
         ev.next.append(what)

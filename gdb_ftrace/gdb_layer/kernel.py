@@ -132,6 +132,19 @@ class KernelInfo:
             return False
 
     @staticmethod
+    def read_text(addr: int, n: int) -> bytes:
+        """Kernel text as vmlinux has it (also before the guest has booted)."""
+        trust = gdb.parameter("trust-readonly-sections")
+        gdb.execute("set trust-readonly-sections on", to_string=True)
+        try:
+            return bytes(gdb.selected_inferior().read_memory(addr, n))
+        finally:
+            gdb.execute(f"set trust-readonly-sections {'on' if trust else 'off'}", to_string=True)
+
+    def disassemble(self, func: str) -> list[tuple[int, int, str]]:
+        return self._disassemble(func)
+
+    @staticmethod
     def _disassemble(func: str) -> list[tuple[int, int, str]]:
         start = symbol_address(func)
         block = gdb.block_for_pc(start)

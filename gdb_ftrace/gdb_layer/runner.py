@@ -61,7 +61,7 @@ def drive(c: "checker.Checker | None") -> str:
 
 
 def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = True,
-        mode: str = "handler", sample: int = 0) -> None:
+        mode: str = "handler", sample: int = 0, inject: str | None = None) -> None:
     """arm=False only attaches (no breakpoint): the baseline of scripts/bench-stops."""
     gdb.execute("set pagination off")
     gdb.execute("set confirm off")
@@ -71,10 +71,11 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = 
         connect(target, connect_timeout)
         _say(f"connected to {target}")
         if arm:
-            c = checker.Checker(json_path=json_path, mode=mode, sample=sample)
+            c = checker.Checker(json_path=json_path, mode=mode, sample=sample, inject=inject)
             c.arm()
             checker.set_current(c)
-            _say(f"armed on {c.kinfo.handler_name} (mode {mode}); returns at "
+            _say(f"armed on {c.kinfo.handler_name} (mode {mode}"
+                 + (f", injecting {inject}" if inject else "") + "); returns at "
                  + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
         _say(drive(c) + "; ending the check")
     except UserError as e:
@@ -82,8 +83,12 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = 
     finally:
         if c is not None:
             c.close()
+            if c.injector is not None:
+                _say(f"injection {c.injector.describe()}")
             _say(f"events={len(c.events)} checker_errors={len(c.errors)} "
-                 f"unmatched_returns={c.unmatched_returns} entry_stops={c.entry_stops} foreign_irets={c.foreign_irets} sampled_out={c.sampled_out} max_depth={c.max_depth}")
+                 f"unmatched_returns={c.unmatched_returns} entry_stops={c.entry_stops} "
+                 f"foreign_irets={c.foreign_irets} sampled_out={c.sampled_out} max_depth={c.max_depth} "
+                 f"duplicate_stops={c.duplicate_stops}")
         try:
             if gdb.selected_inferior().pid:
                 gdb.execute("kill", to_string=True)
