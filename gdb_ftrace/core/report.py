@@ -124,7 +124,9 @@ def missed_hints(events: Iterable[Int3Event], accel: str = "") -> list[str]:
             f"hint: {len(stale)} MISSED int3(s) came after the batch covering the site had finished: the "
             f"kernel had written the new instruction and synchronised every CPU (text_poke_sync) before "
             f"it dropped the batch, yet a vCPU still executed the old int3; the handler, finding no batch, "
-            f"returned 0, and {fate}.")
+            f"returned 0, and {fate}."
+            + (" (Here the int3 was planted by INJECT=late-int3.)" if any(
+                i.startswith("late-int3") for i in ev.injected) else ""))
         if accel == "tcg-multi":
             out.append("hint: ACCEL=tcg-multi: QEMU's multi-threaded TCG can run a stale translation of "
                        "code that another vCPU rewrote; real CPUs cannot after the sync. Use "

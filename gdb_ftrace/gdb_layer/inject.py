@@ -18,7 +18,7 @@ import gdb
 from ..core import inject as core
 from ..core.batch import Batch
 from ..core.errors import UserError
-from ..core.insn import INT3
+from ..core.insn import CALL, INT3
 from . import mem
 
 
@@ -80,7 +80,10 @@ class Injector:
                 self._text_restore.pop(site, None)
         if batch.live:
             for e in batch.entries:
-                self._recent[e.site] = e.installed
+                # Ftrace call sites being enabled: the class the seed is about, and hot
+                # enough in the scenarios (the livepatched function) to be hit soon.
+                if e.installed[:1] == bytes([CALL]):
+                    self._recent[e.site] = e.installed
         if self._planted or not self._recent:
             return
         for site, installed in list(self._recent.items()):
