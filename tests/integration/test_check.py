@@ -101,3 +101,47 @@ def test_bad_make_variables_are_refused_with_a_clear_error(vm_dir):
         p = subprocess.run(["make", "check", var], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=120, stdin=subprocess.DEVNULL)
         assert p.returncode != 0 and msg in p.stderr, (var, p.stderr[-500:])
+
+
+def test_tcg_multi_ends_with_missed_and_explains_it(vm_dir, tmp_path):
+    """Issue 3: under multi-threaded TCG the check ends in bounded time with a MISSED
+    int3 and words for it, not a timeout. The race is probabilistic (measured: 7 of 8
+    runs within 300 s, median 29 s), so up to three boots; never a false FAIL."""
+    seen = []
+    for attempt in range(3):
+        out = tmp_path / f"try{attempt}"
+        t0 = time.monotonic()
+        p = start_check(vm_dir, out, "--accel", "tcg-multi", "--timeout", "240")
+        stdout, _ = p.communicate(timeout=400)
+        took = time.monotonic() - t0
+        s = summary(stdout)
+        seen.append((round(took), stdout.splitlines()[-1]))
+        assert took < 330, seen
+        assert s["failed"] == 0, stdout[-3000:]
+        if s["missed"]:
+            assert "MISSED #" in stdout and "hint: ACCEL=tcg-multi" in stdout
+            assert "after the batch covering the site had finished" in stdout
+            print(f"tcg-multi: {seen}")
+            return
+    raise AssertionError(f"no MISSED in 3 tcg-multi runs: {seen}")
+
+
+def test_trace_all_passes_with_jump_labels_and_calls(vm_dir, tmp_path):
+    """Issue 3: `make check SCENARIO=trace-all` (every traceable function, one toggle,
+    MODE=full with the scenario's per-batch sample). About 11 minutes."""
+    p = start_check(vm_dir, tmp_path, "--scenario", "trace-all")
+    stdout, stderr = p.communicate(timeout=3000)
+    s = summary(stdout)
+    assert p.returncode == 0 and s["status"] == "PASS", stdout[-3000:] + stderr[-2000:]
+    assert s["verified"] > 5000
+    from gdb_ftrace.core import report
+
+    events, _ = report.load_events(os.path.join(tmp_path, "events.jsonl"))
+    from gdb_ftrace.core.insn import classify_bytes
+
+    verified = [ev for ev in events if ev.verdict == "VERIFIED"]
+    assert {"CALL", "NOP"} <= {ev.expected.kind for ev in verified}
+    # Jump labels (JMP8/JMP32 <-> NOP2/NOP5 outside fentry sites) flip too.
+    assert any(ev.entry and classify_bytes(ev.entry.installed) in ("JMP8", "JMP32", "NOP2")
+               for ev in verified)
+    assert any(ev.landing for ev in events) and any(ev.hw_source == "entry" for ev in events)

@@ -1,0 +1,60 @@
+"""Issue 4: each injected fault, on the live kernel, gives its verdict and no other FAIL class."""
+
+import collections
+import json
+import os
+
+import pytest
+
+from gdb_ftrace.core import report
+from gdb_ftrace.core.verdict import FAIL_VERDICTS
+
+from .helpers import start_check, summary
+
+EXPECTED = {  # mode -> the verdict it must produce
+    "skip-call": "WRONG-TARGET",
+    "wrong-return": "WRONG-RETURN",
+    "no-gap": "GAP-VIOLATION",
+    "late-int3": "MISSED",
+}
+
+
+def run_injected(vm_dir, out, mode):
+    p = start_check(vm_dir, out, "--toggles", "10", "--timeout", "300", "--inject", mode)
+    stdout, stderr = p.communicate(timeout=420)
+    events, meta = report.load_events(os.path.join(out, "events.jsonl"))
+    run = json.load(open(os.path.join(out, "run.json")))
+    return p.returncode, stdout, stderr, events, meta, run
+
+
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+def test_injected_fault_gives_its_verdict(vm_dir, tmp_path, mode):
+    rc, stdout, stderr, events, meta, run = run_injected(vm_dir, tmp_path, mode)
+    s = summary(stdout)
+    assert rc != 0 and s["status"] == "FAIL", stdout[-2000:]
+    assert run["inject"] == mode and meta["inject"] == mode
+    assert f"inject: {mode}" in stdout
+    want = EXPECTED[mode]
+    hit = [ev for ev in events if ev.verdict == want]
+    assert hit, collections.Counter(ev.verdict for ev in events)
+    # No other FAIL class anywhere, and the faulty events are the injected ones.
+    fails = {ev.verdict for ev in events if ev.verdict in FAIL_VERDICTS}
+    assert fails <= {want}, fails
+    assert all(ev.injected for ev in hit if mode != "no-gap")
+    if mode == "skip-call":
+        # The pre-seed behaviour lets the livepatched function's old body run.
+        assert s["guest_unpatched"] > 0
+        assert {ev.site_sym for ev in hit} == {"cmdline_proc_show+0x4"}
+        assert all(ev.after["ip"] == ev.site + 5 for ev in hit)
+    if mode == "wrong-return":
+        # Caught at the handler's return and again at the landing; repaired after it.
+        assert all(any(r.startswith("after iret") for r in ev.reasons) for ev in hit)
+        assert s["guest_unpatched"] == 0
+    if mode == "no-gap":
+        assert any("a gap needs 48" in r for ev in hit for r in ev.reasons)
+        assert "guest console:" in stdout  # what the guest did next is reported
+    if mode == "late-int3":
+        assert s["failed"] == 0 and s["missed"] >= 1
+        assert "planted" in " ".join(hit[0].injected) and hit[0].next
+    # The kernel text we changed was put back (or the guest was already gone).
+    assert meta.get("restored") is not None
