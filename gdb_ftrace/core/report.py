@@ -15,7 +15,8 @@ from typing import Iterable
 from .insn import classify_bytes
 from .verdict import FAIL_VERDICTS, Int3Event, finalize, other_kind, verdict_class
 
-HEADERS = ("site", "installing", "emulated", "target", "verdict", "count", "cpus")
+HEADERS = ("site", "what", "installing", "emulated", "target", "verdict", "count", "cpus")
+V, N, E = HEADERS.index("verdict"), HEADERS.index("count"), HEADERS.index("emulated")
 
 
 def _fmt_addr_sym(addr: int | None, sym: str) -> str:
@@ -36,13 +37,13 @@ def group_rows(events: Iterable[Int3Event]) -> list[tuple]:
             target = _fmt_addr_sym(ev.expected.target, ev.target_sym)
         else:
             target = "-"
-        key = (_fmt_addr_sym(ev.site, ev.site_sym), installing, emulated, target, ev.verdict)
+        key = (_fmt_addr_sym(ev.site, ev.site_sym), ev.site_kind or "-", installing, emulated, target, ev.verdict)
         slot = counts.setdefault(key, [0, set()])
         slot[0] += 1
         slot[1].add(ev.cpu)
     rows = [key + (n, ",".join(str(c) for c in sorted(cpus))) for key, (n, cpus) in counts.items()]
     rank = {"failed": 0, "missed": 1, "verified": 2, "other": 3}
-    rows.sort(key=lambda r: (rank[verdict_class(r[4])], -r[5], r[0]))
+    rows.sort(key=lambda r: (rank[verdict_class(r[V])], -r[N], r[0]))
     return rows
 
 
@@ -55,16 +56,16 @@ def render_table(rows: list[tuple], headers=HEADERS, limit: int | None = None) -
         return "(no int3 events)"
     hidden: list[tuple] = []
     if limit is not None and len(rows) > limit:
-        keep = [r for r in rows if verdict_class(r[4]) in ("failed", "missed")]
-        rest = [r for r in rows if verdict_class(r[4]) not in ("failed", "missed")]
+        keep = [r for r in rows if verdict_class(r[V]) in ("failed", "missed")]
+        rest = [r for r in rows if verdict_class(r[V]) not in ("failed", "missed")]
         room = max(limit - len(keep), 0)
         rows, hidden = keep + rest[:room], rest[room:]
-    out = tabulate(rows, headers=headers, tablefmt="simple", colalign=(
-        "left", "left", "left", "left", "left", "right", "left"))
+    out = tabulate(rows, headers=headers, tablefmt="simple",
+                   colalign=tuple("right" if h == "count" else "left" for h in headers))
     if hidden:
-        kinds = collections.Counter(r[2] for r in hidden)
-        out += (f"\n... {len(hidden)} more rows ({sum(r[5] for r in hidden)} events, all "
-                + "/".join(sorted({r[4] for r in hidden})) + "; "
+        kinds = collections.Counter(r[E] for r in hidden)
+        out += (f"\n... {len(hidden)} more rows ({sum(r[N] for r in hidden)} events, all "
+                + "/".join(sorted({r[V] for r in hidden})) + "; "
                 + ", ".join(f"{k} {n}" for k, n in kinds.most_common()) + " rows): see the JSON event log")
     return out
 

@@ -67,6 +67,7 @@ class Int3Event:
     after: dict[str, int] | None = None  # regs->ip / regs->sp at return
     pushed: int | None = None  # word at the new regs->sp at return
     site_sym: str = ""
+    site_kind: str = ""  # ftrace, jump label KEY, static_call NAME (from the kernel's tables)
     target_sym: str = ""
     t: float = 0.0  # seconds since the checker was armed
     handler: str = ""  # which kernel function handled it

@@ -392,6 +392,7 @@ class Checker:
     def _complete(self, ev: Int3Event) -> None:
         finalize(ev)
         ev.site_sym = symbols.vmlinux_symbol(ev.site)
+        ev.site_kind = symbols.site_kind(ev.site, ev.site_sym)
         if ev.expected and ev.expected.target is not None:
             ev.target_sym = symbols.name_target(ev.expected.target)
         self.events.append(ev)

@@ -59,12 +59,13 @@ class FtraceInt3(gdb.Command):
 
 Usage: ftrace-int3 SUBCOMMAND [ARGS]
 
-Subcommands: info, arm, run, disarm, report. A typical session, attached to
+Subcommands: info, arm, run, inject, disarm, report. A typical session, attached to
 QEMU's gdbstub with the kernel's vmlinux loaded:
   (gdb) ftrace-int3 arm --mode full --json /tmp/events.jsonl
   (gdb) ftrace-int3 run     # make the guest patch text, then Ctrl-C
   (gdb) ftrace-int3 report
-With --mode handler plain `continue` works as well."""
+With --mode handler plain `continue` works as well. 'ftrace-int3 inject MODE'
+reproduces a fixed bug so you can see the checker catch it."""
 
     def __init__(self):
         super().__init__("ftrace-int3", gdb.COMMAND_DATA, gdb.COMPLETE_NONE, prefix=True)
@@ -166,6 +167,48 @@ Example: ftrace-int3 run"""
         gdb.write(f"ftrace-int3: {why}; {len(c.events)} event(s) so far ('ftrace-int3 report')\n")
 
 
+class FtraceInt3Inject(gdb.Command):
+    """Reproduce a fixed text-patching bug in the live guest, to see the checker catch it.
+
+Usage: ftrace-int3 inject skip-call|wrong-return|no-gap|late-int3|off
+
+Applies to the int3s the armed checker sees from now on; every change to
+kernel text is undone by 'ftrace-int3 inject off', 'disarm', or when the
+check ends. Modes:
+  skip-call     the pre-seed handler: a CALL being installed is skipped
+                (regs->ip = site + 5, nothing pushed)  -> WRONG-TARGET
+  wrong-return  the emulated CALL pushes site + 8; repaired after the
+                landing is seen (MODE landing/full)    -> WRONG-RETURN
+  no-gap        the int3 entry makes no gap (its jnz becomes a jmp); the
+                guest usually dies soon after           -> GAP-VIOLATION
+  late-int3     an int3 reappears at an ftrace call site after its batch;
+                put back when taken                     -> MISSED
+Example: ftrace-int3 inject skip-call"""
+
+    def __init__(self):
+        super().__init__("ftrace-int3 inject", gdb.COMMAND_DATA)
+
+    @_user_errors
+    def invoke(self, arg, from_tty):
+        from ..core.inject import MODES
+        from .inject import Injector
+
+        mode = arg.strip()
+        if mode not in MODES + ("off",):
+            raise gdb.GdbError(f"ftrace-int3 inject: one of {', '.join(MODES)}, off (see: help ftrace-int3 inject)")
+        c = checker.current()
+        if c is None or not c.armed:
+            raise gdb.GdbError("ftrace-int3 is not armed: run 'ftrace-int3 arm' first")
+        if c.injector is not None:
+            for line in c.restore():
+                gdb.write(f"ftrace-int3: {line}\n")
+            gdb.write(f"ftrace-int3: injection {c.injector.describe()}; stopped\n")
+            c.injector = None
+        if mode != "off":
+            c.injector = Injector(mode, c.kinfo)
+            gdb.write(f"ftrace-int3: injecting {mode} from the next int3 on\n")
+
+
 class FtraceInt3Disarm(gdb.Command):
     """Stop checking: remove the checker's breakpoints, keep the events for `report`.
 
@@ -231,5 +274,6 @@ def register() -> None:
     FtraceInt3Info()
     FtraceInt3Arm()
     FtraceInt3Run()
+    FtraceInt3Inject()
     FtraceInt3Disarm()
     FtraceInt3Report()

@@ -23,7 +23,7 @@ def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir):
     # Emulated CALLs at the livepatched function's fentry site, into two targets.
     call_rows = [l for l in p.stdout.splitlines()
                  if l.startswith("cmdline_proc_show+") and " CALL " in l and "VERIFIED" in l]
-    targets = {re.split(r"\s{2,}", l)[3] for l in call_rows}
+    targets = {re.split(r"\s{2,}", l)[4] for l in call_rows}
     assert "ftrace_caller" in targets and len(targets) >= 2, p.stdout
     # MODE=full is the default: every kernel int3 has the CPU's frame from the
     # entry stop, and every emulation was followed to its landing.

@@ -28,7 +28,7 @@ def test_info_names_what_was_found(vm_dir):
 
 
 def test_every_subcommand_has_help_with_usage(vm_dir):
-    for sub in ("", " info", " arm", " run", " disarm", " report"):
+    for sub in ("", " info", " arm", " run", " inject", " disarm", " report"):
         out = gdb(None, f"help ftrace-int3{sub}")
         lines = out.strip().splitlines()
         assert lines and lines[0].strip(), sub

@@ -102,3 +102,25 @@ def test_find_entry_exact_address_only():
     es = [PokeEntry(i, SITE + 16 * i, insn.JMP32, 5, 0, insn.NOP5) for i in range(4)]
     assert insn.find_entry(es, SITE + 32).index == 2
     assert insn.find_entry(es, SITE + 33) is None
+
+
+def test_site_tables_decode_relative_entries():
+    """Built from the x86_64 layouts of struct jump_entry / static_call_site
+    (relative fields, flag bits in key), as 6.12 stores them."""
+    import struct as st
+
+    from gdb_ftrace.core import sites
+
+    base = 0xFFFFFFFF82596320
+    site, target, key = 0xFFFFFFFF81141594, 0xFFFFFFFF811415B0, 0xFFFFFFFF83733770
+    raw = st.pack("<iiq", site - base, target - (base + 4), key - (base + 8) + 1)  # +1: a flag bit
+    assert sites.decode_jump_table(raw, base) == {site: (target, key)}
+    sbase = 0xFFFFFFFF825B9430
+    call_site, sck = 0xFFFFFFFF811CDE52, 0xFFFFFFFF82A0B3C0
+    raw = st.pack("<ii", call_site - sbase, sck - (sbase + 4) + 2)
+    assert sites.decode_static_call_sites(raw, sbase) == {call_site: sck}
+    names = {key: "__sched_clock_stable", sck: "__SCK__preempt_schedule"}.get
+    assert sites.site_kind(site, "x", {site: (target, key)}, {}, names) == "jump label __sched_clock_stable"
+    assert sites.site_kind(call_site, "y", {}, {call_site: sck}, names) == "static_call preempt_schedule"
+    assert sites.site_kind(5, "__SCT__pv_steal_clock", {}, {}, names) == "static_call pv_steal_clock (trampoline)"
+    assert sites.site_kind(5, "cmdline_proc_show+0x4", {}, {}, names) == ""

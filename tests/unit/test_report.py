@@ -18,12 +18,12 @@ def _events():
 
 def test_table_groups_by_site_insn_target_verdict():
     rows = report.group_rows(_events())
-    by_key = {(r[0], r[2], r[3], r[4]): r[5] for r in rows}
+    by_key = {(r[0], r[3], r[4], r[5]): r[6] for r in rows}
     assert by_key[("cmdline_proc_show+0x4", "CALL", "ftrace_caller", "VERIFIED")] == 29
     assert by_key[("cmdline_proc_show+0x4", "CALL", "ftrace_ops trampoline (klp_ftrace_handler)", "VERIFIED")] == 30
-    assert sum(r[5] for r in rows) == len(_events())
+    assert sum(r[6] for r in rows) == len(_events())
     text = report.render_table(rows)
-    assert text.splitlines()[0].split()[:5] == ["site", "installing", "emulated", "target", "verdict"]
+    assert text.splitlines()[0].split()[:6] == ["site", "what", "installing", "emulated", "target", "verdict"]
     assert "int3_selftest+0x36" in text
 
 
@@ -88,8 +88,8 @@ def test_an_entry_without_its_return_becomes_incomplete(tmp_path):
 
 
 def test_table_limit_keeps_every_fail_row():
-    rows = [(f"f{i}+0x4", "CALL", "CALL", "ftrace_caller", "VERIFIED", 100 - i, "0") for i in range(50)]
-    rows.append(("bad+0x4", "CALL", "CALL", "ftrace_caller", "WRONG-TARGET", 1, "1"))
+    rows = [(f"f{i}+0x4", "ftrace", "CALL", "CALL", "ftrace_caller", "VERIFIED", 100 - i, "0") for i in range(50)]
+    rows.append(("bad+0x4", "ftrace", "CALL", "CALL", "ftrace_caller", "WRONG-TARGET", 1, "1"))
     out = report.render_table(rows, limit=10)
     assert "bad+0x4" in out and "WRONG-TARGET" in out
     assert "f8+0x4" in out and "f9+0x4" not in out
