@@ -5,7 +5,8 @@ Detection is by symbols and DWARF types, never by version number (see
   smp_text_poke_int3_handler + text_poke_array   v6.16+
   poke_int3_handler + bp_desc (struct)           v6.0 - v6.15 (and backports)
   poke_int3_handler + bp_desc (pointer)          v5.6 - v5.19
-  ftrace_int3_handler                            v5.2 - v5.5 (not supported yet)
+  ftrace_int3_handler                            v5.2 - v5.5 (rules in core.ftrace_era;
+                                                 no live reader yet: refused)
 Everything is resolved lazily and cached until gdb loads a new objfile.
 """
 
