@@ -81,3 +81,38 @@ def test_interactive_session_arm_full_and_run(vm_dir, tmp_path):
     assert meta["mode"] == "full"
     emulated = [ev for ev in events if ev.ret == 1]
     assert emulated and all(ev.landing is not None and ev.hw_source == "entry" for ev in emulated)
+
+
+def test_inject_patches_the_live_entry_and_off_restores_it(vm_dir, tmp_path):
+    """ftrace-int3 inject no-gap changes the guest's asm_exc_int3 (after boot) and
+    'inject off' puts the original bytes back; checked by reading guest memory."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-smp", "2", "-m", "1G",
+         "-kernel", os.path.join(vm_dir, "bzImage"), "-initrd", os.path.join(vm_dir, "initramfs.cpio.gz"),
+         "-append", "console=ttyS0 nokaslr panic=-1 gdb_ftrace.scenario=livepatch-trace gdb_ftrace.toggles=3",
+         "-display", "none", "-monitor", "none", "-serial", f"file:{tmp_path}/serial.log", "-no-reboot",
+         "-gdb", f"tcp:127.0.0.1:{port}", "-S"], stdin=subprocess.DEVNULL)
+    show = "python print('BYTES', bytes(gdb.selected_inferior().read_memory(0x{:x}, 2)).hex())"
+    try:
+        vmlinux = os.path.join(vm_dir, "vmlinux")
+        # Where the entry's `jnz` is, from vmlinux (the guest has not booted yet).
+        probe = gdb(vmlinux, "python from gdb_ftrace.gdb_layer import kernel; from gdb_ftrace.core import inject; "
+                    "k = kernel.info(); p, r = inject.gap_branch(k.disassemble(k.entry_name), k.read_text); "
+                    "print('JNZ', hex(p.addr), r.data.hex())")
+        m = re.search(r"JNZ (0x[0-9a-f]+) ([0-9a-f]+)", probe)
+        assert m, probe
+        addr, orig = int(m[1], 16), m[2]
+        out = gdb(vmlinux, f"target remote 127.0.0.1:{port}", "ftrace-int3 arm --mode handler",
+                  "ftrace-int3 inject no-gap", "tbreak cmdline_proc_show", "continue",
+                  show.format(addr), "ftrace-int3 inject off", show.format(addr), "kill")
+    finally:
+        qemu.kill()
+        qemu.wait(timeout=30)
+    got = re.findall(r"BYTES ([0-9a-f]+)", out)
+    assert got == ["eb" + orig[2:], orig], out[-3000:]
+    assert "int3 entry: gap restored" in out
