@@ -19,7 +19,7 @@ from ..core import inject as core
 from ..core.batch import Batch
 from ..core.errors import UserError
 from ..core.insn import CALL, INT3
-from . import mem
+from . import mem, symbols
 
 
 def _write(w: core.Write) -> None:
@@ -39,6 +39,8 @@ class Injector:
         self._repairs: dict[int, core.Write] = {}  # seq -> repair after landing
         self._recent: dict[int, bytes] = {}  # late-int3: site -> bytes its finished batch installed
         self._planted: dict[int, bytes] = {}  # late-int3: site -> original first byte
+        self._hits: dict[int, int] = {}  # int3s taken per site: late-int3 plants only at hot sites
+        self.max_plants = 3
         if mode == "no-gap":
             if kinfo.entry is None:
                 raise UserError("INJECT=no-gap needs the int3 entry (asm_exc_int3 / int3) in the symbols")
@@ -55,6 +57,7 @@ class Injector:
     # -- hooks ----------------------------------------------------------
     def before_handler(self, site: int) -> str | None:
         """late-int3: the planted int3 was taken; put the byte back before the handler looks."""
+        self._hits[site] = self._hits.get(site, 0) + 1
         orig = self._planted.pop(site, None)
         if orig is None:
             return None
@@ -84,10 +87,15 @@ class Injector:
                 # enough in the scenarios (the livepatched function) to be hit soon.
                 if e.installed[:1] == bytes([CALL]):
                     self._recent[e.site] = e.installed
-        if self._planted or not self._recent:
+        if self._planted or not self._recent or self.count >= self.max_plants:
             return
         for site, installed in list(self._recent.items()):
             if site in live or not installed:
+                continue
+            # Only an ftrace site that CPUs keep running into: the kernel checks the
+            # old bytes before it patches a site again (ftrace_verify_code, static
+            # calls BUG() on an unexpected 0xcc), so a planted int3 must be taken soon.
+            if self._hits.get(site, 0) < 2 or symbols.site_kind(site, "") != "ftrace":
                 continue
             now = mem.try_read(site, len(installed))
             if now is None or bytes(now) != installed:
