@@ -19,6 +19,23 @@ def gdb(vmlinux, *cmds):
     return p.stdout + p.stderr
 
 
+def start_qemu(vm_dir, tmp_path, toggles):
+    """The VM halted (-S) with its gdbstub on a free loopback port, for a gdb session of our own."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-smp", "2", "-m", "1G",
+         "-kernel", os.path.join(vm_dir, "bzImage"), "-initrd", os.path.join(vm_dir, "initramfs.cpio.gz"),
+         "-append", f"console=ttyS0 nokaslr panic=-1 gdb_ftrace.scenario=livepatch-trace "
+         f"gdb_ftrace.toggles={toggles}",
+         "-display", "none", "-monitor", "none", "-serial", f"file:{tmp_path}/serial.log", "-no-reboot",
+         "-gdb", f"tcp:127.0.0.1:{port}", "-S"], stdin=subprocess.DEVNULL)
+    return qemu, port
+
+
 def test_info_names_what_was_found(vm_dir):
     out = gdb(os.path.join(vm_dir, "vmlinux"), "ftrace-int3 info")
     assert "poke_int3_handler at 0xffffffff" in out
@@ -55,17 +72,7 @@ def test_report_from_a_recorded_event_log(vm_dir):
 
 def test_interactive_session_arm_full_and_run(vm_dir, tmp_path):
     """What a developer types: target remote, arm --mode full, run, report."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    qemu = subprocess.Popen(
-        ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-smp", "2", "-m", "1G",
-         "-kernel", os.path.join(vm_dir, "bzImage"), "-initrd", os.path.join(vm_dir, "initramfs.cpio.gz"),
-         "-append", "console=ttyS0 nokaslr panic=-1 gdb_ftrace.scenario=livepatch-trace gdb_ftrace.toggles=10",
-         "-display", "none", "-monitor", "none", "-serial", f"file:{tmp_path}/serial.log", "-no-reboot",
-         "-gdb", f"tcp:127.0.0.1:{port}", "-S"], stdin=subprocess.DEVNULL)
+    qemu, port = start_qemu(vm_dir, tmp_path, toggles=10)
     try:
         log = tmp_path / "ev.jsonl"
         out = gdb(os.path.join(vm_dir, "vmlinux"), f"target remote 127.0.0.1:{port}",
@@ -86,17 +93,7 @@ def test_interactive_session_arm_full_and_run(vm_dir, tmp_path):
 def test_inject_patches_the_live_entry_and_off_restores_it(vm_dir, tmp_path):
     """ftrace-int3 inject no-gap changes the guest's asm_exc_int3 (after boot) and
     'inject off' puts the original bytes back; checked by reading guest memory."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    qemu = subprocess.Popen(
-        ["qemu-system-x86_64", "-accel", "tcg,thread=single", "-smp", "2", "-m", "1G",
-         "-kernel", os.path.join(vm_dir, "bzImage"), "-initrd", os.path.join(vm_dir, "initramfs.cpio.gz"),
-         "-append", "console=ttyS0 nokaslr panic=-1 gdb_ftrace.scenario=livepatch-trace gdb_ftrace.toggles=3",
-         "-display", "none", "-monitor", "none", "-serial", f"file:{tmp_path}/serial.log", "-no-reboot",
-         "-gdb", f"tcp:127.0.0.1:{port}", "-S"], stdin=subprocess.DEVNULL)
+    qemu, port = start_qemu(vm_dir, tmp_path, toggles=3)
     show = "python print('BYTES', bytes(gdb.selected_inferior().read_memory(0x{:x}, 2)).hex())"
     try:
         vmlinux = os.path.join(vm_dir, "vmlinux")
