@@ -1,4 +1,5 @@
-"""Names for addresses: vmlinux symbols, and ftrace_ops trampolines by owner."""
+"""Names for addresses: vmlinux symbols, ftrace_ops trampolines by owner, ftrace
+direct calls by their ftrace_ops, module symbols (decoding in core.targets)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 
 import gdb
 
-from ..core import sites
+from ..core import sites, targets
 from ..core.insn import MASK64
 from . import mem
 from .kernel import lookup_struct, symbol_address
@@ -31,15 +32,19 @@ def vmlinux_symbol(addr: int) -> str:
     return name
 
 
-def ftrace_ops_trampolines(limit: int = 64) -> list[tuple[int, int, int, str]]:
-    """(trampoline, size, ops address, handler name) for each registered ftrace_ops
-    with its own trampoline: walks ftrace_ops_list up to &ftrace_list_end."""
+def _offsets(type_name: str) -> tuple[dict[str, int], int]:
+    t = lookup_struct(type_name)
+    return {f.name: f.bitpos // 8 for f in t.fields() if f.name}, t.sizeof
+
+
+def ftrace_ops_registered(limit: int = 64) -> list[targets.FtraceOps]:
+    """Every ftrace_ops on ftrace_ops_list (up to &ftrace_list_end): the function
+    tracer's, livepatch's, and direct calls' (register_ftrace_direct puts them there)."""
     head = symbol_address("ftrace_ops_list")
     end = symbol_address("ftrace_list_end")
     if head is None or end is None:
         return []
-    t = lookup_struct("struct ftrace_ops")
-    off = {f.name: f.bitpos // 8 for f in t.fields() if f.name}
+    off, size = _offsets("struct ftrace_ops")
     if not {"next", "func", "trampoline", "trampoline_size"} <= off.keys():
         return []
     out = []
@@ -47,37 +52,112 @@ def ftrace_ops_trampolines(limit: int = 64) -> list[tuple[int, int, int, str]]:
     for _ in range(limit):
         if ops in (0, end):
             break
-        buf = mem.try_read(ops, t.sizeof)
+        buf = mem.try_read(ops, size)
         if buf is None:
             break
-
-        def word(name):
-            return int.from_bytes(buf[off[name]:off[name] + 8], "little")
-
-        tramp, size = word("trampoline"), word("trampoline_size")
-        if tramp:
-            func = word("func")
-            out.append((tramp, size, ops, vmlinux_symbol(func) or f"{func:#x}"))
-        ops = word("next")
+        rec, ops = targets.decode_ftrace_ops(buf, ops, off)
+        out.append(rec)
     return out
 
 
+def ftrace_ops_trampolines(limit: int = 64) -> list[tuple[int, int, int, str]]:
+    """(trampoline, size, ops address, handler name) for each registered ftrace_ops
+    with its own trampoline."""
+    return [(o.trampoline, o.trampoline_size, o.addr, vmlinux_symbol(o.func) or f"{o.func:#x}")
+            for o in ftrace_ops_registered(limit) if o.trampoline]
+
+
+def _direct_flag() -> int | None:
+    """FTRACE_OPS_FL_DIRECT from DWARF (None: unknown, e.g. before v5.5)."""
+    try:
+        return int(gdb.parse_and_eval("(unsigned long)FTRACE_OPS_FL_DIRECT"))
+    except gdb.error:
+        return None
+
+
+def _module_ranges(buf: bytes, off: dict[str, int]) -> list[tuple[int, int]]:
+    """[(base, size)] of one struct module's memory: mem[] (v6.4+) or the
+    core/init layouts before."""
+    t = lookup_struct("struct module")
+    out = []
+    for f in t.fields():
+        if f.name not in ("mem", "core_layout", "init_layout"):
+            continue
+        ft = f.type.strip_typedefs()
+        n, et = 1, ft
+        if ft.code == gdb.TYPE_CODE_ARRAY:
+            lo, hi = ft.range()
+            n, et = hi - lo + 1, ft.target().strip_typedefs()
+        eoff = {g.name: g.bitpos // 8 for g in et.fields() if g.name}
+        if not {"base", "size"} <= eoff.keys():
+            continue
+        for i in range(n):
+            o = off[f.name] + i * et.sizeof
+            base = int.from_bytes(buf[o + eoff["base"]:o + eoff["base"] + 8], "little")
+            sz = int.from_bytes(buf[o + eoff["size"]:o + eoff["size"] + 4], "little")
+            if base and sz:
+                out.append((base, sz))
+    return out
+
+
+def module_symbol(addr: int, limit: int = 512) -> str:
+    """'sym+0x4 [module]' for an address in a loaded module (its kallsyms), '' else.
+    Read afresh each time: modules come and go (the direct-call scenario reloads one)."""
+    head = symbol_address("modules")
+    if head is None:
+        return ""
+    try:
+        off, size = _offsets("struct module")
+        koff, ksize = _offsets("struct mod_kallsyms")
+    except gdb.error:
+        return ""
+    if not {"list", "name", "kallsyms"} <= off.keys():
+        return ""
+    node = mem.read_u64(head)
+    for _ in range(limit):
+        if node in (0, head):
+            break
+        mod = node - off["list"]
+        buf = mem.try_read(mod, size)
+        if buf is None:
+            break
+        node = int.from_bytes(buf[off["list"]:off["list"] + 8], "little")
+        if not any(b <= addr < b + n for b, n in _module_ranges(buf, off)):
+            continue
+        name = targets.cstring(buf, off["name"])
+        ks = mem.try_read(int.from_bytes(buf[off["kallsyms"]:off["kallsyms"] + 8], "little"), ksize)
+        if ks is None:
+            return f"{addr:#x} [{name}]"
+
+        def word(f, n=8):
+            return int.from_bytes(ks[koff[f]:koff[f] + n], "little")
+
+        num = word("num_symtab", 4)
+        syms = mem.try_read(word("symtab"), num * targets.ELF64_SYM.size) if 0 < num < (1 << 16) else None
+        hit = targets.symbol_covering(addr, targets.decode_elf64_syms(syms)) if syms else None
+        if hit is None:
+            return f"{addr:#x} [{name}]"
+        sname = mem.try_read(word("strtab") + hit[0], 256) or b""
+        return targets.module_symbol(targets.cstring(sname, 0), hit[1], name)
+    return ""
+
+
 def name_target(addr: int | None) -> str:
-    """Symbolic name of an emulated-call or jump destination."""
+    """Symbolic name of an emulated-call or jump destination: a vmlinux symbol, an
+    ftrace direct call's trampoline, an ftrace_ops trampoline, a module symbol."""
     if addr is None:
         return ""
     addr &= MASK64
     sym = vmlinux_symbol(addr)
     if sym:
         return sym
+    name = ""
     try:
-        for tramp, size, ops, func in ftrace_ops_trampolines():
-            if tramp <= addr < tramp + max(size, 1):
-                rel = f"+{addr - tramp:#x}" if addr != tramp else ""
-                return f"ftrace_ops trampoline{rel} ({func})"
+        name = targets.name_target(addr, ftrace_ops_registered(), _direct_flag(),
+                                   name_of=module_symbol, func_name=vmlinux_symbol)
     except gdb.error:
         pass
-    return f"{addr:#x} (not a vmlinux symbol)"
+    return name or f"{addr:#x} (not a vmlinux symbol)"
 
 
 def clear_cache(_event=None) -> None:
