@@ -76,6 +76,7 @@ class Int3Event:
     hw_source: str = ""  # "entry": read at the int3 entry stop; "gap": the words above pt_regs
     landing: dict[str, int] | None = None  # first instruction after iret: ip, sp, top ([sp])
     landing_note: str = ""  # why there is no landing (not followed, run ended, ...)
+    cpu_refs: int | None = None  # v6.16+: this CPU's text_poke_array_refs at handler entry
     injected: list[str] = dataclasses.field(default_factory=list)  # what fault injection changed
     depth: int = 1  # int3s in flight on this vCPU counting this one (>1: taken inside the int3 path)
     deep: bool = True  # entry frame / landing were wanted for it (False: sampled out)
@@ -151,9 +152,13 @@ def _judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
         return "UNEXPECTED-EMULATION", [
             f"handler returned {ev.ret} although the batch installs {exp.kind} (must not emulate)"], exp
     if ev.ret == 0:
-        return "MISSED", [
-            f"site is entry {entry.index} of {ev.batch_nr} in the batch, installing "
-            f"{classify_bytes(entry.installed)}, but the handler returned 0"], exp
+        why = [f"site is entry {entry.index} of {ev.batch_nr} in the batch, installing "
+               f"{classify_bytes(entry.installed)}, but the handler returned 0"]
+        if ev.cpu_refs == 0:
+            why.append(f"text_poke_array_refs of cpu{ev.cpu} was already 0 when the handler ran: the "
+                       f"batch was being finished (the June 2025 per-CPU refs race: an int3 taken after "
+                       f"the last sync, before nr_entries was cleared)")
+        return "MISSED", why, exp
     return _compare(ev, exp)
 
 

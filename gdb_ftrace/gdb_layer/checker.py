@@ -217,6 +217,7 @@ class Checker:
         if self.injector is not None:
             self.injector.after_batch(batch)
         ev.batch_nr = batch.nr if batch.live else None
+        ev.cpu_refs = k.read_cpu_refs(ev.cpu)
         for e in batch.entries:
             if e.site == site:
                 if batch.live:

@@ -117,6 +117,10 @@ class KernelInfo:
         # v6.0-v6.15 leave vec/nr_entries of the finished batch in place: an int3
         # that arrives late can still be matched against it (MISSED, not OTHER).
         self.keeps_last_batch = not is_pointer and not self.desc.vec_inline and self.desc.refs_off is not None
+        # v6.16+: the handler only looks at the batch while this CPU's
+        # text_poke_array_refs is non-zero (try_get_text_poke_array()).
+        self.percpu_refs = symbol_address("text_poke_array_refs") if self.desc.refs_off is None else None
+        self.per_cpu_offset = symbol_address("__per_cpu_offset") if self.percpu_refs else None
         # Where a handler that returned 0 hands over: kprobe_int3_handler, called
         # from the same caller (its code was disassembled above).
         self.followups: list[tuple[str, int]] = []
@@ -203,6 +207,8 @@ class KernelInfo:
              ", ".join(f"{n}@{f.offset}" for n, f in self.loc.fields.items())),
             ("_stext", f"{self.stext:#x}"),
             ("int3 entry", f"{self.entry_name} at {self.entry:#x}" if self.entry else "not found (no MODE=full)"),
+            ("per-CPU refs", f"text_poke_array_refs at {self.percpu_refs:#x} + __per_cpu_offset[cpu]"
+             if self.percpu_refs else "-"),
             ("iret", f"{IRET} at {self.iret:#x}" if self.iret else "not found (no landing checks)"),
         ]
 
@@ -212,6 +218,14 @@ class KernelInfo:
                 "desc_addr": self.desc_addr, "keeps_last_batch": self.keeps_last_batch,
                 "loc_type": self.loc_type, "loc_layout": self.loc.to_json(), "stext": self.stext,
                 "entry": [self.entry_name, self.entry], "iret": self.iret}
+
+    def read_cpu_refs(self, cpu: int) -> int | None:
+        """This CPU's text_poke_array_refs (v6.16+), or None where refs are not per CPU."""
+        if self.percpu_refs is None or self.per_cpu_offset is None:
+            return None
+        base = mem.read_u64(self.per_cpu_offset + 8 * cpu)
+        raw = mem.try_read((base + self.percpu_refs) & MASK64, 4)
+        return int.from_bytes(raw, "little", signed=True) if raw is not None else None
 
     def read_batch(self) -> Batch:
         """The batch the handler sees: one read for the descriptor, one for the vector."""

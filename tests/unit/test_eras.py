@@ -201,3 +201,16 @@ def test_ftrace_state_round_trips_through_json(recorded_call):
     ev = ftrace_event(recorded_call)
     back = Int3Event.from_json(ev.to_json())
     assert back.ftrace == ev.ftrace and judge(back)[0] == "VERIFIED"
+
+
+@documented_layout
+def test_v616_missed_names_the_per_cpu_refs_race(recorded_call):
+    """v6.16+ smp_text_poke_int3_handler returns 0 unless this CPU's
+    text_poke_array_refs can be taken (try_get_text_poke_array()); an int3
+    that arrives after the last sync but before nr_entries is cleared finds
+    refs == 0 (the June 2025 LKFT 'Oops: int3' thread)."""
+    ev = rejudge(recorded_call, ret=0, after=dict(recorded_call.before), landing=None, cpu_refs=0)
+    assert ev.verdict == "MISSED"
+    assert "text_poke_array_refs of cpu1 was already 0" in ev.reasons[1]
+    assert len(rejudge(recorded_call, ret=0, after=dict(recorded_call.before), landing=None,
+                       cpu_refs=1).reasons) == 1
