@@ -30,8 +30,14 @@ from typing import Any
 
 from . import ftrace_era
 from .insn import MASK64, Expected, PokeEntry, classify_bytes, expected_effect
+from .layout import PT_REGS_X86_64
 
-PT_REGS_SIZE = 168
+PT_REGS_SIZE = PT_REGS_X86_64.size
+PT_REGS_IP = PT_REGS_X86_64.fields["ip"].offset  # where the copied iret frame starts
+
+# What the checker stops for (gdb_layer/checker.py): handler entry and return;
+# + the landing after iretq; + the int3 entry (the CPU's frame before the copy).
+CHECK_MODES = ("handler", "landing", "full")
 
 FAIL_VERDICTS = ("WRONG-TARGET", "WRONG-RETURN", "WRONG-STACK", "GAP-VIOLATION",
                  "UNEXPECTED-EMULATION", "WRONG-LANDING")
@@ -221,16 +227,20 @@ def hardware_frame(ev: Int3Event) -> tuple[dict[str, int] | None, str]:
         return ev.hw_frame, ev.hw_source or "entry"
     if ev.gap and len(ev.gap) >= 6:
         words = dict(zip(IRET_FRAME, ev.gap[1:6]))
-        return {"addr": (ev.regs_addr + 128 + GAP_BYTES) & MASK64, **words}, "gap"
+        return {"addr": (ev.regs_addr + PT_REGS_IP + GAP_BYTES) & MASK64, **words}, "gap"
     return None, ""
+
+
+def _frame_distance(ev: Int3Event, hw: dict[str, int]) -> int:
+    """Bytes from the copied frame (pt_regs->ip) up to the CPU's frame: GAP_BYTES with the gap."""
+    return hw["addr"] - ((ev.regs_addr + PT_REGS_IP) & MASK64)
 
 
 def _gap_words_note(ev: Int3Event) -> str:
     hw, src = hardware_frame(ev)
     if hw is None or src != "entry":
         return ""
-    dist = hw["addr"] - ((ev.regs_addr + 128) & MASK64)
-    return f"; the CPU's frame is {dist} bytes above regs->ip (a gap needs {GAP_BYTES})"
+    return f"; the CPU's frame is {_frame_distance(ev, hw)} bytes above regs->ip (a gap needs {GAP_BYTES})"
 
 
 def frame_failures(ev: Int3Event) -> list[tuple[str, str]]:
@@ -245,9 +255,8 @@ def frame_failures(ev: Int3Event) -> list[tuple[str, str]]:
     if not diff:
         return []
     where = "at the int3 entry" if src == "entry" else f"in the {len(IRET_FRAME) + 1} words above pt_regs"
-    dist = hw["addr"] - ((ev.regs_addr + 128) & MASK64)
     return [("GAP-VIOLATION", f"the frame in pt_regs is not the CPU's frame {where} "
-                              f"({dist} bytes above regs->ip): " + "; ".join(diff))]
+                              f"({_frame_distance(ev, hw)} bytes above regs->ip): " + "; ".join(diff))]
 
 
 def landing_failures(ev: Int3Event, exp: Expected, want_sp: int) -> list[tuple[str, str]]:

@@ -29,8 +29,9 @@ import traceback
 import gdb
 
 from ..core.errors import UserError
-from ..core.insn import MASK64
+from ..core.insn import MASK64, find_entry
 from ..core.layout import GAP_WORDS, decode_struct, u64s
+from ..core.verdict import CHECK_MODES as MODES
 from ..core.verdict import IRET_FRAME, Int3Event, finalize
 from . import kernel, mem, symbols
 from .inject import Injector
@@ -46,9 +47,6 @@ def _reg(frame, name: str) -> int:
 def _cpu() -> int:
     """vCPU index of the thread that stopped (QEMU numbers threads from 1 per CPU)."""
     return gdb.selected_thread().num - 1
-
-
-MODES = ("handler", "landing", "full")
 
 
 class _Bp(gdb.Breakpoint):
@@ -87,6 +85,7 @@ class Checker:
         self.landings: dict[int, Int3Event] = {}  # per CPU: emulated, waiting for its iret
         self.step_pending: Int3Event | None = None  # stopped at its iretq: the driver must stepi
         self._iret_bp: _Bp | None = None
+        self._entry_bp: _Bp | None = None
         self.entry_stops = 0
         self.foreign_irets = 0  # iretq stops that were not a pending landing's
         self.max_depth = 1  # deepest nesting of int3s on one vCPU
@@ -111,7 +110,6 @@ class Checker:
 
     # -- arming ---------------------------------------------------------
     def arm(self) -> None:
-        self._entry_bp = None
         if self.mode == "full":
             self._entry_bp = _Bp(self.kinfo.entry, self._guard(self.on_int3_entry))
             self._bps.append(self._entry_bp)
@@ -178,20 +176,21 @@ class Checker:
     def on_int3_entry(self) -> None:
         """asm_exc_int3's first instruction: %rsp points at the frame the CPU pushed."""
         rsp = _reg(gdb.newest_frame(), "rsp")
-        words = u64s(mem.read(rsp, 8 * len(IRET_FRAME)))
-        self.entry_stops += 1
         frames = self.hw_frames[_cpu()]
         if frames and frames[-1]["addr"] == rsp:  # the same stop reported twice (see on_entry)
             self.duplicate_stops += 1
             return
+        self.entry_stops += 1
+        words = u64s(mem.read(rsp, 8 * len(IRET_FRAME)))
         frames.append({"addr": rsp, **dict(zip(IRET_FRAME, words))})
 
     def on_entry(self) -> None:
         k = self.kinfo
         frame = gdb.newest_frame()
         regs_addr = _reg(frame, "rdi")
+        rsp = _reg(frame, "rsp")
         open_ = self.pending.get(_cpu())
-        if open_ and open_[-1].regs_addr == regs_addr and open_[-1].entry_rsp == _reg(frame, "rsp"):
+        if open_ and open_[-1].regs_addr == regs_addr and open_[-1].entry_rsp == rsp:
             # The same stop reported twice (seen with multi-threaded TCG): a real
             # nested int3 would enter on a deeper stack with another pt_regs.
             self.duplicate_stops += 1
@@ -204,7 +203,7 @@ class Checker:
         ev = Int3Event(seq=self.seq, cpu=_cpu(), regs_addr=regs_addr, before=before, site=site,
                        gap=u64s(buf[size:]), t=round(time.monotonic() - self.t0, 6),
                        handler=k.handler_name)
-        ev.entry_rsp = _reg(frame, "rsp")
+        ev.entry_rsp = rsp
         frames = self.hw_frames.get(ev.cpu)
         if frames:  # the int3 entry this handler call belongs to (entries nest LIFO)
             ev.hw_frame, ev.hw_source = frames.pop(), "entry"
@@ -218,13 +217,11 @@ class Checker:
             self.injector.after_batch(batch)
         ev.batch_nr = batch.nr if batch.live else None
         ev.cpu_refs = k.read_cpu_refs(ev.cpu)
-        for e in batch.entries:
-            if e.site == site:
-                if batch.live:
-                    ev.entry = e
-                else:
-                    ev.stale_entry = e
-                break
+        found = find_entry(batch.entries, site)
+        if batch.live:
+            ev.entry = found
+        else:
+            ev.stale_entry = found
         key = (batch.nr, batch.entries[0].site, batch.entries[-1].site) if batch.live and batch.entries else None
         if key is not None and key != self.batch_key:
             self.batch_key, self.batch_deep = key, 0
@@ -235,13 +232,13 @@ class Checker:
             self.sampled_out += 1
         if ev.entry is not None and ev.entry.opcode == 0xC3:  # RET pops the interrupted stack
             ev.stack_top = int.from_bytes(mem.read(before["sp"], 8), "little")
-        outer = self.pending[ev.cpu]
-        self.pending[ev.cpu].append(ev)
+        stack = self.pending[ev.cpu]
+        stack.append(ev)
         if self._json:  # so that a crash before the return still leaves the entry
             self._write({"record": "entry", **ev.to_json()})
-        if outer[:-1]:  # an int3 inside the int3 path: the kprobe_int3_handler+0x1 recursion class
-            prev = outer[-2]
-            ev.depth = len(outer)
+        if len(stack) > 1:  # an int3 inside the int3 path: the kprobe_int3_handler+0x1 recursion class
+            prev = stack[-2]
+            ev.depth = len(stack)
             self.max_depth = max(self.max_depth, ev.depth)
             self._note(prev, f"int3 #{ev.seq} at {ev.site:#x} was taken on cpu{ev.cpu} before this "
                              f"handler returned: nesting depth {ev.depth}")

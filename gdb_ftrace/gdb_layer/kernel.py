@@ -12,6 +12,8 @@ Everything is resolved lazily and cached until gdb loads a new objfile.
 
 from __future__ import annotations
 
+import contextlib
+
 import gdb  # only this layer imports gdb
 
 from ..core.disasm import call_return_sites
@@ -65,6 +67,18 @@ def struct_layout(type_name: str) -> StructLayout:
     return StructLayout(type_name.split()[-1], t.sizeof, fields, "dwarf")
 
 
+@contextlib.contextmanager
+def _from_vmlinux():
+    """Read code from vmlinux, not the target: before the guest has booted (QEMU -S)
+    the kernel is not mapped yet."""
+    trust = gdb.parameter("trust-readonly-sections")
+    gdb.execute("set trust-readonly-sections on", to_string=True)
+    try:
+        yield
+    finally:
+        gdb.execute(f"set trust-readonly-sections {'on' if trust else 'off'}", to_string=True)
+
+
 class KernelInfo:
     """Symbols and layouts of the kernel in gdb, resolved once."""
 
@@ -89,7 +103,7 @@ class KernelInfo:
         for caller in CALLERS:
             if symbol_address(caller) is None:
                 continue
-            caller_code[caller] = self._disassemble(caller)
+            caller_code[caller] = self.disassemble(caller)
             for ret in call_return_sites(caller_code[caller], self.handler):
                 self.returns.append((caller, ret))
         if not self.returns:
@@ -144,18 +158,12 @@ class KernelInfo:
     @staticmethod
     def read_text(addr: int, n: int) -> bytes:
         """Kernel text as vmlinux has it (also before the guest has booted)."""
-        trust = gdb.parameter("trust-readonly-sections")
-        gdb.execute("set trust-readonly-sections on", to_string=True)
-        try:
+        with _from_vmlinux():
             return bytes(gdb.selected_inferior().read_memory(addr, n))
-        finally:
-            gdb.execute(f"set trust-readonly-sections {'on' if trust else 'off'}", to_string=True)
-
-    def disassemble(self, func: str) -> list[tuple[int, int, str]]:
-        return self._disassemble(func)
 
     @staticmethod
-    def _disassemble(func: str) -> list[tuple[int, int, str]]:
+    def disassemble(func: str) -> list[tuple[int, int, str]]:
+        """(address, length, text) of each instruction of `func`, from vmlinux."""
         start = symbol_address(func)
         block = gdb.block_for_pc(start)
         end = None
@@ -167,14 +175,8 @@ class KernelInfo:
         if end is None:
             end = start + 1024
         arch = gdb.selected_inferior().architecture()
-        # Read the code from vmlinux, not the target: before the guest has booted
-        # (QEMU -S) the kernel is not mapped yet.
-        trust = gdb.parameter("trust-readonly-sections")
-        gdb.execute("set trust-readonly-sections on", to_string=True)
-        try:
+        with _from_vmlinux():
             return [(i["addr"], i["length"], i["asm"]) for i in arch.disassemble(start, end - 1)]
-        finally:
-            gdb.execute(f"set trust-readonly-sections {'on' if trust else 'off'}", to_string=True)
 
     @staticmethod
     def _pt_regs_layout() -> StructLayout:

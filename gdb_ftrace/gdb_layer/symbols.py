@@ -10,7 +10,7 @@ import gdb
 from ..core import sites, targets
 from ..core.insn import MASK64
 from . import mem
-from .kernel import lookup_struct, symbol_address
+from .kernel import lookup_struct, struct_layout, symbol_address
 
 _INFO = re.compile(r"^(\S+)(?: \+ (\d+))? in section (\S+)")
 _cache: dict[int, str] = {}
@@ -33,8 +33,9 @@ def vmlinux_symbol(addr: int) -> str:
 
 
 def _offsets(type_name: str) -> tuple[dict[str, int], int]:
-    t = lookup_struct(type_name)
-    return {f.name: f.bitpos // 8 for f in t.fields() if f.name}, t.sizeof
+    """{field: byte offset} and sizeof of a struct, from DWARF (kernel.struct_layout)."""
+    lay = struct_layout(type_name)
+    return {n: f.offset for n, f in lay.fields.items()}, lay.size
 
 
 def ftrace_ops_registered(limit: int = 64) -> list[targets.FtraceOps]:
@@ -58,13 +59,6 @@ def ftrace_ops_registered(limit: int = 64) -> list[targets.FtraceOps]:
         rec, ops = targets.decode_ftrace_ops(buf, ops, off)
         out.append(rec)
     return out
-
-
-def ftrace_ops_trampolines(limit: int = 64) -> list[tuple[int, int, int, str]]:
-    """(trampoline, size, ops address, handler name) for each registered ftrace_ops
-    with its own trampoline."""
-    return [(o.trampoline, o.trampoline_size, o.addr, vmlinux_symbol(o.func) or f"{o.func:#x}")
-            for o in ftrace_ops_registered(limit) if o.trampoline]
 
 
 def _direct_flag() -> int | None:
@@ -198,22 +192,21 @@ def _ftrace_locations(max_pages: int = 100000) -> set[int]:
     head = symbol_address("ftrace_pages_start")
     if head is None:
         return set()
-    pt = lookup_struct("struct ftrace_page")
-    off = {f.name: f.bitpos // 8 for f in pt.fields() if f.name}
-    rt = lookup_struct("struct dyn_ftrace")
-    ip_off = next(f.bitpos // 8 for f in rt.fields() if f.name == "ip")
+    off, page_size = _offsets("struct ftrace_page")
+    roff, rec_size = _offsets("struct dyn_ftrace")
+    ip_off = roff["ip"]
     out: set[int] = set()
     pg = mem.read_u64(head)
     for _ in range(max_pages):
         if not pg:
             break
-        buf = mem.read(pg, pt.sizeof)
+        buf = mem.read(pg, page_size)
         nxt = int.from_bytes(buf[off["next"]:off["next"] + 8], "little")
         recs = int.from_bytes(buf[off["records"]:off["records"] + 8], "little")
         n = int.from_bytes(buf[off["index"]:off["index"] + 4], "little")
         if recs and 0 < n < (1 << 20):
-            raw = mem.read(recs, n * rt.sizeof)
-            out.update(int.from_bytes(raw[i * rt.sizeof + ip_off:i * rt.sizeof + ip_off + 8], "little")
+            raw = mem.read(recs, n * rec_size)
+            out.update(int.from_bytes(raw[i * rec_size + ip_off:i * rec_size + ip_off + 8], "little")
                        for i in range(n))
         pg = nxt
     return out
