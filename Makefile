@@ -11,14 +11,14 @@ KERNEL   ?=
 SCENARIO ?= livepatch-trace
 TOGGLES  ?=
 ACCEL    ?= tcg-single
-MODE     ?= full
+MODE     ?=
 KASLR    ?= 0
 JSON     ?=
 TIMEOUT  ?=
 SAMPLE   ?=
 INJECT   ?=
 
-CHECK_ARGS = --scenario '$(SCENARIO)' $(if $(TOGGLES),--toggles '$(TOGGLES)') --accel '$(ACCEL)' --mode '$(MODE)' \
+CHECK_ARGS = --scenario '$(SCENARIO)' $(if $(TOGGLES),--toggles '$(TOGGLES)') --accel '$(ACCEL)' $(if $(MODE),--mode '$(MODE)') \
 	--kaslr '$(KASLR)' $(if $(TIMEOUT),--timeout '$(TIMEOUT)') \
 	$(if $(SAMPLE),--sample '$(SAMPLE)') $(if $(INJECT),--inject '$(INJECT)') $(if $(JSON),--json '$(JSON)')
 
@@ -33,7 +33,7 @@ help:
 	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed"
 	@echo "  make soak    the check RUNS=$(RUNS) times in a row, one line per run"
 	@echo "  make unit-test | integration-test"
-	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=$(MODE) KASLR=$(KASLR) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault>"
+	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault>"
 
 setup:
 	@scripts/setup-host

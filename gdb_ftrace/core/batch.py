@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .insn import PokeEntry, decode_vector
+from .insn import PokeLoc, decode_vector
 from .layout import StructLayout
 
 MAX_ENTRIES = 65536  # far above any real TP_VEC_MAX / TEXT_POKE_ARRAY_MAX (256)
@@ -50,8 +50,23 @@ DESC_V616_ARRAY = DescLayout("text_poke_array", False, 4096 + 8, 0, True, 4096, 
 class Batch:
     live: bool  # a batch is in flight: the handler will look in it
     nr: int
-    entries: list[PokeEntry]  # live entries, or the last batch's (stale) when readable
-    stale: bool = False  # entries are those of a batch that has finished
+    locs: list[PokeLoc]  # the live batch's text_poke_locs, or the last batch's (stale) when readable
+    stale: bool = False  # locs are those of a batch that has finished
+
+    @property
+    def key(self) -> tuple | None:
+        """Identifies a live batch (for per-batch sampling); None when there is none."""
+        if not self.live or not self.locs:
+            return None
+        return (self.nr, self.locs[0].site, self.locs[-1].site)
+
+    def to_json(self) -> dict:
+        return {"live": self.live, "nr": self.nr, "locs": [loc.to_json() for loc in self.locs],
+                "stale": self.stale}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Batch":
+        return cls(d["live"], d["nr"], [PokeLoc.from_json(x) for x in d["locs"]], d.get("stale", False))
 
 
 def header_read(d: DescLayout) -> int:
@@ -78,5 +93,5 @@ def readable_count(nr: int, vec: int) -> int:
 
 def make_batch(live: bool, nr: int, loc: StructLayout, vec_bytes: bytes | None, stext: int) -> Batch:
     n = len(vec_bytes) // loc.size if vec_bytes else 0
-    entries = decode_vector(loc, vec_bytes, n, stext) if n else []
-    return Batch(live, nr, entries, stale=not live and bool(entries))
+    locs = decode_vector(loc, vec_bytes, n, stext) if n else []
+    return Batch(live, nr, locs, stale=not live and bool(locs))

@@ -23,7 +23,17 @@ import re
 
 from .insn import CALL, CALL_INSN_SIZE, MASK64
 
-MODES = ("skip-call", "wrong-return", "no-gap", "late-int3")
+INJECTIONS = ("skip-call", "wrong-return", "no-gap", "late-int3")
+# What each reproduces and the verdict the checker must give it (help text, README).
+INJECTION_HELP = {
+    "skip-call": "the pre-seed handler: a CALL being installed is skipped (regs->ip = site + 5, nothing "
+                 "pushed) -> WRONG-TARGET",
+    "wrong-return": "the emulated CALL pushes site + 8; repaired after the landing is seen (modes "
+                    "landing/full) -> WRONG-RETURN",
+    "no-gap": "the int3 entry makes no gap (its jnz becomes a jmp); the guest usually dies soon after "
+              "-> GAP-VIOLATION",
+    "late-int3": "an int3 reappears at an ftrace call site after its batch; put back when taken -> MISSED",
+}
 WRONG_RETURN_OFFSET = 3  # bytes added to the pushed return address
 
 

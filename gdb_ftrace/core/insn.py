@@ -1,4 +1,4 @@
-"""What the int3 handler must do for one batch entry: x86 semantics, pure.
+"""What the int3 handler must do for one text_poke_loc of a batch: x86 semantics, pure.
 
 The text-patching batch (struct text_poke_loc / smp_text_poke_loc) records,
 for each site, the bytes being installed (`text`) and the instruction the
@@ -6,7 +6,7 @@ int3 handler emulates meanwhile (`opcode` + `disp`, with `len`). The kernel
 stores a NOP5 (NOP2) as JMP32+0 (JMP8+0), and a Jcc.d32 as the Jcc.d8 opcode
 with len == 6 (text_poke_loc_init() in arch/x86/kernel/alternative.c).
 
-`expected_effect()` computes, from the entry, the site and the registers the
+`expected_effect()` computes, from the text_poke_loc, the site and the registers the
 CPU saved, what regs->ip / regs->sp / the pushed word must be after a correct
 emulation. It mirrors int3_emulate_{call,jmp,ret,jcc} in
 arch/x86/include/asm/text-patching.h but is written from the x86 semantics of
@@ -43,8 +43,8 @@ def text_opcode_size(opcode: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class PokeEntry:
-    """One site of the in-flight batch."""
+class PokeLoc:
+    """One text_poke_loc of a batch: a site and what is being installed there."""
 
     index: int
     site: int
@@ -65,11 +65,11 @@ class PokeEntry:
                 "len": self.length, "disp": self.disp, "text": self.text.hex()}
 
     @classmethod
-    def from_json(cls, d: dict) -> "PokeEntry":
+    def from_json(cls, d: dict) -> "PokeLoc":
         return cls(d["index"], d["site"], d["opcode"], d["len"], d["disp"], bytes.fromhex(d["text"]))
 
 
-def decode_entry(layout: StructLayout, buf: bytes, base: int, index: int, stext: int) -> PokeEntry:
+def decode_loc(layout: StructLayout, buf: bytes, base: int, index: int, stext: int) -> PokeLoc:
     """Decode one text_poke_loc at buf[base:]. `stext` is the address of _stext."""
     if layout.has("rel_addr"):
         site = (stext + layout.get(buf, "rel_addr", base)) & MASK64
@@ -81,19 +81,19 @@ def decode_entry(layout: StructLayout, buf: bytes, base: int, index: int, stext:
     else:
         length = text_opcode_size(opcode)
     disp = layout.get(buf, "disp" if layout.has("disp") else "rel32", base)
-    return PokeEntry(index, site, opcode, length, disp, layout.get_bytes(buf, "text", base))
+    return PokeLoc(index, site, opcode, length, disp, layout.get_bytes(buf, "text", base))
 
 
-def decode_vector(layout: StructLayout, buf: bytes, nr: int, stext: int) -> list[PokeEntry]:
-    return [decode_entry(layout, buf, i * layout.size, i, stext) for i in range(nr)]
+def decode_vector(layout: StructLayout, buf: bytes, nr: int, stext: int) -> list[PokeLoc]:
+    return [decode_loc(layout, buf, i * layout.size, i, stext) for i in range(nr)]
 
 
-def find_entry(entries: list[PokeEntry], site: int) -> PokeEntry | None:
-    """The entry for `site`, by exact address (the handler bsearches a sorted vector;
-    we search linearly so an unsorted vector still finds what is there)."""
-    for e in entries:
-        if e.site == site:
-            return e
+def find_loc(locs: list[PokeLoc], site: int) -> PokeLoc | None:
+    """The text_poke_loc for `site`, by exact address (the handler bsearches a sorted
+    vector; we search linearly so an unsorted vector still finds what is there)."""
+    for loc in locs:
+        if loc.site == site:
+            return loc
     return None
 
 
@@ -172,30 +172,30 @@ class Expected:
         return dataclasses.asdict(self)
 
 
-def expected_effect(entry: PokeEntry, site: int, flags: int, stack_top: int | None) -> Expected:
-    """What the handler must do at `site` for `entry`.
+def expected_effect(loc: PokeLoc, site: int, flags: int, stack_top: int | None) -> Expected:
+    """What the handler must do at `site` for `loc`.
 
     flags: the interrupted EFLAGS (regs->flags); stack_top: the word at the
     interrupted regs->sp (needed for RET only).
     """
-    end = (site + entry.length) & MASK64
-    op = entry.opcode
+    end = (site + loc.length) & MASK64
+    op = loc.opcode
     if op == INT3:
         return Expected("INT3", emulate=False)
     if op == CALL:
-        tgt = (end + entry.disp) & MASK64
+        tgt = (end + loc.disp) & MASK64
         return Expected("CALL", True, ip=tgt, sp_delta=-8,
                         push=(site + CALL_INSN_SIZE) & MASK64, target=tgt)
     if op in (JMP32, JMP8):
-        tgt = (end + entry.disp) & MASK64
-        installed = classify_bytes(entry.installed)
-        kind = "NOP" if installed.startswith("NOP") and entry.disp == 0 else "JMP"
+        tgt = (end + loc.disp) & MASK64
+        installed = classify_bytes(loc.installed)
+        kind = "NOP" if installed.startswith("NOP") and loc.disp == 0 else "JMP"
         return Expected(kind, True, ip=tgt, target=tgt)
     if op == RET:
         return Expected("RET", True, ip=stack_top, sp_delta=8)
     if 0x70 <= op <= 0x7F:
         cc = op & 0xF
-        tgt = (end + entry.disp) & MASK64
+        tgt = (end + loc.disp) & MASK64
         ip = tgt if jcc_taken(cc, flags) else end
         return Expected(JCC_NAMES[cc].upper(), True, ip=ip, target=tgt)
     return Expected("BUG", emulate=False)

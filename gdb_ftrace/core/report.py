@@ -1,22 +1,29 @@
-"""Turn events into a table, explanations and the one summary line.
+"""Turn events into the report: a table, explanations, hints and the summary line.
 
-Pure: events (dicts or Int3Event) in, text out. The table is rendered with
-tabulate; colour, when wanted, goes through core.style.
+Pure: events in, text out. `render()` is the one report, printed by the
+driver (scripts/ftrace-int3-check) and by `ftrace-int3 report` in gdb alike.
+The table is rendered with tabulate; colour, when wanted, goes through
+core.style. This is the only place where follow-ups and injections
+(core.event) become words.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import gzip
 import json
 import re
 from typing import Iterable
 
+from . import style
+from .event import DIE, KPROBE, NESTED, REPEAT, FollowUp, Int3Event
 from .insn import classify_bytes
-from .verdict import FAIL_VERDICTS, Int3Event, finalize, other_kind, verdict_class
+from .verdict import FAIL_VERDICTS, finalize, other_kind, verdict_class
 
 HEADERS = ("site", "what", "installing", "emulated", "target", "verdict", "count", "cpus")
-V, N, E = HEADERS.index("verdict"), HEADERS.index("count"), HEADERS.index("emulated")
+COL_VERDICT, COL_COUNT, COL_EMULATED = HEADERS.index("verdict"), HEADERS.index("count"), HEADERS.index("emulated")
+DEFAULT_ROWS = 40  # table rows shown at most (FAIL and MISSED rows always)
 
 
 def _fmt_addr_sym(addr: int | None, sym: str) -> str:
@@ -29,7 +36,7 @@ def group_rows(events: Iterable[Int3Event]) -> list[tuple]:
     """One row per (site, installed insn, emulated kind, target, verdict)."""
     counts: dict[tuple, list] = collections.OrderedDict()
     for ev in events:
-        installing = classify_bytes(ev.entry.installed) if ev.entry else "-"
+        installing = classify_bytes(ev.loc.installed) if ev.loc else "-"
         emulated = ev.expected.kind if ev.expected else "-"
         if ev.verdict == "OTHER":
             emulated = other_kind(ev)
@@ -43,7 +50,7 @@ def group_rows(events: Iterable[Int3Event]) -> list[tuple]:
         slot[1].add(ev.cpu)
     rows = [key + (n, ",".join(str(c) for c in sorted(cpus))) for key, (n, cpus) in counts.items()]
     rank = {"failed": 0, "missed": 1, "verified": 2, "other": 3}
-    rows.sort(key=lambda r: (rank[verdict_class(r[V])], -r[N], r[0]))
+    rows.sort(key=lambda r: (rank[verdict_class(r[COL_VERDICT])], -r[COL_COUNT], r[0]))
     return rows
 
 
@@ -56,18 +63,43 @@ def render_table(rows: list[tuple], headers=HEADERS, limit: int | None = None) -
         return "(no int3 events)"
     hidden: list[tuple] = []
     if limit is not None and len(rows) > limit:
-        keep = [r for r in rows if verdict_class(r[V]) in ("failed", "missed")]
-        rest = [r for r in rows if verdict_class(r[V]) not in ("failed", "missed")]
+        keep = [r for r in rows if verdict_class(r[COL_VERDICT]) in ("failed", "missed")]
+        rest = [r for r in rows if verdict_class(r[COL_VERDICT]) not in ("failed", "missed")]
         room = max(limit - len(keep), 0)
         rows, hidden = keep + rest[:room], rest[room:]
     out = tabulate(rows, headers=headers, tablefmt="simple",
                    colalign=tuple("right" if h == "count" else "left" for h in headers))
     if hidden:
-        kinds = collections.Counter(r[E] for r in hidden)
-        out += (f"\n... {len(hidden)} more rows ({sum(r[N] for r in hidden)} events, all "
-                + "/".join(sorted({r[V] for r in hidden})) + "; "
+        kinds = collections.Counter(r[COL_EMULATED] for r in hidden)
+        out += (f"\n... {len(hidden)} more rows ({sum(r[COL_COUNT] for r in hidden)} events, all "
+                + "/".join(sorted({r[COL_VERDICT] for r in hidden})) + "; "
                 + ", ".join(f"{k} {n}" for k, n in kinds.most_common()) + " rows): see the JSON event log")
     return out
+
+
+def followup_words(fu: FollowUp) -> str:
+    """A follow-up in words."""
+    if fu.kind == NESTED:
+        return (f"int3 #{fu['seq']} at {fu['site']:#x} was taken on cpu{fu['cpu']} before this handler "
+                f"returned: nesting depth {fu['depth']}")
+    if fu.kind == KPROBE:
+        what = f"kprobe_int3_handler returned {fu['ret']}"
+        if fu["rewound"]:
+            return what + " after rewinding regs->ip to the site: the CPU re-executes it"
+        if fu["ret"]:
+            ip = fu["ip"]
+            return what + (f" with regs->ip {ip:#x}" if ip is not None else "")
+        return what + ": nobody owns this int3, notify_die/die() come next"
+    if fu.kind == DIE:
+        return "die() was called: the kernel oopses on this int3"
+    if fu.kind == REPEAT:
+        return f"unhandled int3 number {fu['count']} in a row at this site"
+    return fu.kind
+
+
+def event_line(ev: Int3Event) -> str:
+    """One line per event, as it completes (`arm --echo`)."""
+    return f"#{ev.seq} cpu{ev.cpu} {ev.site_sym or hex(ev.site)} {ev.expected.kind if ev.expected else '-'} -> {ev.verdict}"
 
 
 def explanations(events: Iterable[Int3Event], per_verdict: int = 5) -> list[str]:
@@ -84,8 +116,8 @@ def explanations(events: Iterable[Int3Event], per_verdict: int = 5) -> list[str]
         shown[ev.verdict] += 1
         where = _fmt_addr_sym(ev.site, ev.site_sym)
         out.append(f"{ev.verdict} #{ev.seq} cpu{ev.cpu} at {where} ({ev.site:#x}): " + "; ".join(ev.reasons)
-                   + ("".join(f"; then {n}" for n in ev.next))
-                   + ("".join(f" [injected: {i}]" for i in ev.injected)))
+                   + ("".join(f"; then {followup_words(f)}" for f in ev.followups))
+                   + ("".join(f" [injected: {i.what}]" for i in ev.injected)))
     for v, n in hidden.items():
         out.append(f"{v}: {n} more like the above (see the JSON event log)")
     return out
@@ -99,7 +131,7 @@ def coverage(events: list[Int3Event]) -> str:
     emulated = [ev for ev in evs if ev.ret and ev.expected is not None and ev.expected.emulate]
     landed = sum(1 for ev in emulated if ev.landing is not None)
     notes = collections.Counter(ev.landing_note for ev in emulated if ev.landing is None and ev.landing_note)
-    sampled_out = sum(1 for ev in evs if not ev.deep)
+    sampled_out = sum(1 for ev in evs if not ev.in_sample)
     line = (f"checked: CPU frame from the int3 entry for {entry}/{len(kernel)} kernel int3s "
             f"(others: the words above pt_regs); landing after iret for {landed}/{len(emulated)} emulations")
     if sampled_out:
@@ -114,25 +146,25 @@ def missed_hints(events: Iterable[Int3Event], accel: str = "") -> list[str]:
     missed = [ev for ev in events if ev.verdict == "MISSED"]
     if not missed:
         return []
-    stale = [ev for ev in missed if ev.entry is None]
+    stale = [ev for ev in missed if ev.loc is None]
     out = []
     if stale:
         ev = stale[0]
-        fate = "the kernel died on it (die())" if any("die()" in n for n in ev.next) else \
-            "kprobe_int3_handler rewound regs->ip to re-execute the site" if any("rewinding" in n for n in ev.next) \
+        kp = ev.followup(KPROBE)
+        fate = "the kernel died on it (die())" if ev.has_followup(DIE) else \
+            "kprobe_int3_handler rewound regs->ip to re-execute the site" if kp is not None and kp["rewound"] \
             else "see 'then' in the explanation above"
         out.append(
             f"hint: {len(stale)} MISSED int3(s) came after the batch covering the site had finished: the "
             f"kernel had written the new instruction and synchronised every CPU (text_poke_sync) before "
             f"it dropped the batch, yet a vCPU still executed the old int3; the handler, finding no batch, "
             f"returned 0, and {fate}."
-            + (" (Here the int3 was planted by INJECT=late-int3.)" if any(
-                i.startswith("late-int3") for i in ev.injected) else ""))
+            + (" (Here the int3 was planted by INJECT=late-int3.)" if ev.injected_by("late-int3") else ""))
         if accel == "tcg-multi":
             out.append("hint: ACCEL=tcg-multi: QEMU's multi-threaded TCG can run a stale translation of "
                        "code that another vCPU rewrote; real CPUs cannot after the sync. Use "
                        "ACCEL=tcg-single (the default) to check the kernel; keep tcg-multi to see this class.")
-    live = [ev for ev in missed if ev.entry is not None]
+    live = [ev for ev in missed if ev.loc is not None]
     if live:
         out.append(f"hint: {len(live)} MISSED int3(s) hit a site of the live batch and the handler "
                    f"returned 0: a handler bug (the June 2025 regression class), not an emulator artefact.")
@@ -195,16 +227,27 @@ class Summary:
     other: int
     guest_unpatched: int | None
     problems: list[str]
+    guest_observed: bool = True  # False: no guest console was read (a report inside gdb)
+
+    @property
+    def events(self) -> int:
+        return self.verified + self.failed + self.missed + self.other
 
     @property
     def passed(self) -> bool:
+        guest_ok = self.guest_unpatched == 0 or not self.guest_observed
         return (not self.problems and self.failed == 0 and self.missed == 0
-                and self.guest_unpatched == 0 and self.verified > 0)
+                and guest_ok and self.verified > 0)
 
     def line(self) -> str:
+        """The one summary line: `ftrace-int3 check: ...` for a check (the driver's last
+        line), `ftrace-int3 report: ...` where no guest console was read."""
+        verdict = "PASS" if self.passed else "FAIL"
+        counts = f"verified={self.verified} failed={self.failed} missed={self.missed} other={self.other}"
+        if not self.guest_observed:
+            return f"ftrace-int3 report: {verdict} events={self.events} {counts}"
         gu = -1 if self.guest_unpatched is None else self.guest_unpatched
-        return (f"ftrace-int3 check: {'PASS' if self.passed else 'FAIL'} verified={self.verified} "
-                f"failed={self.failed} missed={self.missed} other={self.other} guest_unpatched={gu}")
+        return f"ftrace-int3 check: {verdict} {counts} guest_unpatched={gu}"
 
 
 def summarize(events: list[Int3Event], guest: GuestResult | None,
@@ -226,15 +269,36 @@ def summarize(events: list[Int3Event], guest: GuestResult | None,
             probs.append(f"guest console: {c}")
     if counts["verified"] == 0 and not probs:
         probs.append("no int3 emulation was verified: did the scenario patch any text while a CPU ran into it?")
-    return Summary(counts["verified"], counts["failed"], counts["missed"], counts["other"], unpatched, probs)
+    return Summary(counts["verified"], counts["failed"], counts["missed"], counts["other"], unpatched, probs,
+                   guest_observed=guest is not None)
+
+
+def render(events: list[Int3Event], guest: GuestResult | None = None, problems: Iterable[str] = (),
+           accel: str = "", rows: int = DEFAULT_ROWS) -> tuple[list[str], Summary]:
+    """The report: table, coverage, explanations, hints, problems. Returns its lines
+    and the Summary, whose line() the caller prints last. rows=0: every table row."""
+    lines = [render_table(group_rows(events), limit=rows or None), coverage(events)]
+    lines += [style.paint("fail", line) for line in explanations(events)]
+    summary = summarize(events, guest, problems)
+    lines += [style.paint("warn", line) for line in missed_hints(events, accel)]
+    lines += [style.paint("warn", f"problem: {p}") for p in summary.problems]
+    return lines, summary
+
+
+def checker_problems(meta: dict) -> list[str]:
+    """Problems the checker itself recorded in the event log's closing meta record."""
+    return [f"checker error: {e}" for e in meta.get("errors") or []]
 
 
 def load_events(path: str) -> tuple[list[Int3Event], dict]:
-    """Read a JSON-lines event log: ('event' records -> Int3Event, last 'meta' record)."""
+    """Read a JSON-lines event log (written by gdb_layer/checker.py): 'event' records
+    -> Int3Event, 'followup' records added to their event, 'handler_entry' records
+    whose 'event' never came -> INCOMPLETE, 'meta' records merged. A .gz path is read
+    through gzip."""
     events: list[Int3Event] = []
-    entries: dict[int, Int3Event] = {}
+    opened: dict[int, Int3Event] = {}
     meta: dict = {}
-    with open(path) as f:
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -248,17 +312,18 @@ def load_events(path: str) -> tuple[list[Int3Event], dict]:
             if kind == "event":
                 ev = Int3Event.from_json(rec)
                 events.append(ev)
-                entries.pop(ev.seq, None)
-            elif kind == "next":
-                target = next((e for e in reversed(events) if e.seq == rec["seq"]), None)
+                opened.pop(ev.seq, None)
+            elif kind == "followup":
+                seq = rec.pop("seq")
+                target = next((e for e in reversed(events) if e.seq == seq), None) or opened.get(seq)
                 if target is not None:
-                    target.next.append(rec["what"])
-            elif kind == "entry":
+                    target.followups.append(FollowUp.from_json(rec))
+            elif kind == "handler_entry":
                 ev = Int3Event.from_json(rec)
-                entries[ev.seq] = ev
+                opened[ev.seq] = ev
             elif kind == "meta":
                 meta.update(rec)
     # Handler entries whose return was never recorded (gdb or the guest died).
-    for ev in entries.values():
+    for ev in opened.values():
         events.append(finalize(ev))
     return events, meta

@@ -1,9 +1,8 @@
 """One int3 event, and the rules that give it exactly one verdict.
 
-An event is what the checker saw for one entry into the int3 text-patch
-handler: the registers the CPU saved, the batch entry for the site (if any),
-and, when the handler returned, its return value and the registers it left.
-`judge()` compares that with `insn.expected_effect()`.
+An event (core.event.Int3Event) is what the checker saw for one entry into
+the int3 text-patch handler. `judge()` compares it with
+`insn.expected_effect()` for the batch's text_poke_loc at the site.
 
 Verdicts and the summary class each one counts in:
   VERIFIED              verified  the emulation is exactly the installed instruction
@@ -15,7 +14,7 @@ Verdicts and the summary class each one counts in:
                                   pt_regs differs from the one the CPU pushed
   WRONG-LANDING         failed    after iret the vCPU did not arrive at the emulated
                                   destination with the expected rsp and [rsp]
-  UNEXPECTED-EMULATION  failed    the handler consumed an int3 it had no entry for
+  UNEXPECTED-EMULATION  failed    the handler consumed an int3 the batch has no text_poke_loc for
   MISSED                missed    the handler returned 0 for an int3 of text patching: the
                                   site is in the live batch, or was in the batch that just
                                   finished, or its byte is no longer 0xcc (a stale int3)
@@ -25,19 +24,13 @@ Verdicts and the summary class each one counts in:
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from . import ftrace_era
-from .insn import MASK64, Expected, PokeEntry, classify_bytes, expected_effect
+from .event import DIE, KPROBE, Int3Event
+from .insn import MASK64, Expected, classify_bytes, expected_effect
 from .layout import PT_REGS_X86_64
 
 PT_REGS_SIZE = PT_REGS_X86_64.size
 PT_REGS_IP = PT_REGS_X86_64.fields["ip"].offset  # where the copied iret frame starts
-
-# What the checker stops for (gdb_layer/checker.py): handler entry and return;
-# + the landing after iretq; + the int3 entry (the CPU's frame before the copy).
-CHECK_MODES = ("handler", "landing", "full")
 
 FAIL_VERDICTS = ("WRONG-TARGET", "WRONG-RETURN", "WRONG-STACK", "GAP-VIOLATION",
                  "UNEXPECTED-EMULATION", "WRONG-LANDING")
@@ -51,65 +44,6 @@ VERDICT_CLASS = {"VERIFIED": "verified", "MISSED": "missed", "OTHER": "other",
 
 def verdict_class(verdict: str) -> str:
     return VERDICT_CLASS[verdict]
-
-
-@dataclasses.dataclass
-class Int3Event:
-    """Everything seen for one entry into the handler (addresses are ints)."""
-
-    seq: int
-    cpu: int
-    regs_addr: int  # struct pt_regs * passed to the handler
-    before: dict[str, int]  # pt_regs fields at entry (ip, sp, flags, cs, ss, orig_ax)
-    site: int  # regs->ip - 1
-    site_bytes: bytes = b""  # guest text at the site at entry
-    gap: list[int] | None = None  # the 6 words just above pt_regs at entry
-    batch_nr: int | None = None  # entries in the in-flight batch (None: no batch)
-    entry: PokeEntry | None = None  # the batch entry for the site
-    stale_entry: PokeEntry | None = None  # the site's entry in the batch that just finished
-    next: list[str] = dataclasses.field(default_factory=list)  # what happened after a return 0
-    stack_top: int | None = None  # word at the interrupted sp (for RET)
-    ret: int | None = None  # handler return value (None: did not return)
-    after: dict[str, int] | None = None  # regs->ip / regs->sp at return
-    pushed: int | None = None  # word at the new regs->sp at return
-    site_sym: str = ""
-    site_kind: str = ""  # ftrace, jump label KEY, static_call NAME (from the kernel's tables)
-    target_sym: str = ""
-    t: float = 0.0  # seconds since the checker was armed
-    handler: str = ""  # which kernel function handled it
-    entry_rsp: int | None = None  # %rsp at the handler's first instruction (pairs the return)
-    hw_frame: dict[str, int] | None = None  # the frame the CPU pushed: addr, ip, cs, flags, sp, ss
-    hw_source: str = ""  # "entry": read at the int3 entry stop; "gap": the words above pt_regs
-    landing: dict[str, int] | None = None  # first instruction after iret: ip, sp, top ([sp])
-    landing_note: str = ""  # why there is no landing (not followed, run ended, ...)
-    cpu_refs: int | None = None  # v6.16+: this CPU's text_poke_array_refs at handler entry
-    injected: list[str] = dataclasses.field(default_factory=list)  # what fault injection changed
-    depth: int = 1  # int3s in flight on this vCPU counting this one (>1: taken inside the int3 path)
-    deep: bool = True  # entry frame / landing were wanted for it (False: sampled out)
-    ftrace: dict[str, Any] | None = None  # v5.2-v5.5: the FtraceState the handler decided by
-    verdict: str = ""
-    reasons: list[str] = dataclasses.field(default_factory=list)
-    expected: Expected | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["site_bytes"] = self.site_bytes.hex()
-        d["entry"] = self.entry.to_json() if self.entry else None
-        d["stale_entry"] = self.stale_entry.to_json() if self.stale_entry else None
-        d["expected"] = self.expected.to_json() if self.expected else None
-        d["installed"] = classify_bytes(self.entry.installed) if self.entry else None
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Int3Event":
-        d = dict(d)
-        d.pop("installed", None)
-        d.pop("class", None)
-        d["site_bytes"] = bytes.fromhex(d.get("site_bytes") or "")
-        d["entry"] = PokeEntry.from_json(d["entry"]) if d.get("entry") else None
-        d["stale_entry"] = PokeEntry.from_json(d["stale_entry"]) if d.get("stale_entry") else None
-        d["expected"] = Expected(**d["expected"]) if d.get("expected") else None
-        return cls(**d)
 
 
 def _hex(v: int | None) -> str:
@@ -131,10 +65,10 @@ def _judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
         return "INCOMPLETE", ["the handler had not returned when the run ended"], None
     if ev.ftrace is not None:
         return _judge_ftrace_era(ev)
-    entry = ev.entry
-    if entry is None:
-        if ev.ret == 0 and ev.stale_entry is not None:
-            st = ev.stale_entry
+    loc = ev.loc
+    if loc is None:
+        if ev.ret == 0 and ev.stale_loc is not None:
+            st = ev.stale_loc
             return "MISSED", [
                 f"site was entry {st.index} of the batch that had just finished (installing "
                 f"{classify_bytes(st.installed)}); the int3 arrived late and the handler returned 0"], None
@@ -149,17 +83,17 @@ def _judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
         return "UNEXPECTED-EMULATION", [
             f"handler returned {ev.ret} for {_hex(ev.site)}, which is not in the batch"], None
 
-    exp = expected_effect(entry, ev.site, ev.before.get("flags", 0), ev.stack_top)
+    exp = expected_effect(loc, ev.site, ev.before.get("flags", 0), ev.stack_top)
     if not exp.emulate:
         if ev.ret == 0:
             what = "an int3 is being installed there" if exp.kind == "INT3" else \
-                f"opcode {entry.opcode:#x} is not emulated"
+                f"opcode {loc.opcode:#x} is not emulated"
             return "OTHER", [f"site in the batch but {what}; handler correctly returned 0"], exp
         return "UNEXPECTED-EMULATION", [
             f"handler returned {ev.ret} although the batch installs {exp.kind} (must not emulate)"], exp
     if ev.ret == 0:
-        why = [f"site is entry {entry.index} of {ev.batch_nr} in the batch, installing "
-               f"{classify_bytes(entry.installed)}, but the handler returned 0"]
+        why = [f"site is entry {loc.index} of {ev.batch_nr} in the batch, installing "
+               f"{classify_bytes(loc.installed)}, but the handler returned 0"]
         if ev.cpu_refs == 0:
             why.append(f"text_poke_array_refs of cpu{ev.cpu} was already 0 when the handler ran: the "
                        f"batch was being finished (the June 2025 per-CPU refs race: an int3 taken after "
@@ -290,9 +224,10 @@ def other_kind(ev: Int3Event) -> str:
         return "int3 self-test"
     if ev.expected is not None and ev.expected.kind == "INT3":
         return "int3 being installed"
-    if any("kprobe_int3_handler returned 1" in n for n in ev.next):
+    kp = ev.followup(KPROBE)
+    if kp is not None and kp["ret"]:
         return "kprobe"
-    if any("die()" in n or "nobody owns" in n for n in ev.next):
+    if ev.has_followup(DIE) or (kp is not None and not kp["ret"]):
         return "no owner (die)"
     if ev.ftrace is not None:
         return "not ftrace's"

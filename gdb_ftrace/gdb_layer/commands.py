@@ -1,279 +1,312 @@
-"""The `ftrace-int3` command family (a gdb prefix command, one class per subcommand)."""
+"""The `ftrace-int3` command family: one class per subcommand, each declared once.
+
+A subcommand declares its arguments on an argparse parser; its gdb help
+(`help ftrace-int3 arm`) is built from that parser, options with their help
+and defaults, as pwndbg's argparsed commands do. Every subcommand is
+invoked the same way: parse, check the "armed" precondition if it has one,
+run, and turn a UserError into a gdb error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import gdb
 
+from ..core import inject as core_inject
+from ..core import mode as check_mode
 from ..core import report, style
 from ..core.errors import UserError
 from . import checker, kernel
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises gdb.GdbError instead of exiting gdb."""
-
-    def error(self, message):
-        raise gdb.GdbError(f"{self.prog}: {message} (see: help {self.prog})")
-
-    def exit(self, status=0, message=None):
-        if message:
-            gdb.write(message)
-        raise gdb.GdbError("") if status else _HelpShown()
 
 
 class _HelpShown(Exception):
     pass
 
 
-def _parse(parser: _Parser, arg: str):
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Fixed width (help text must not depend on the terminal); '(default: X)' where
+    there is a default worth saying; 'Usage:' as gdb's own help says it."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=88, max_help_position=26)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in h:
+            h += " (default: %(default)s)"
+        return h
+
+    def add_usage(self, usage, actions, groups, prefix=None):
+        super().add_usage(usage, actions, groups, prefix="Usage: " if prefix is None else prefix)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports to gdb instead of exiting gdb."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message} (see: help {self.prog})")
+
+    def exit(self, status=0, message=None):
+        if message:
+            gdb.write(message)
+        raise _HelpShown()
+
+    def print_help(self, file=None):
+        gdb.write(self.format_help())
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
+def _mode(text: str) -> check_mode.CheckMode:
     try:
-        return parser.parse_args(gdb.string_to_argv(arg))
-    except _HelpShown:
-        return None
+        return check_mode.CheckMode.parse(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _user_errors(fn):
-    def wrapper(self, arg, from_tty):
+def _add_mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", type=_mode, default=check_mode.DEFAULT, metavar="{" + ",".join(check_mode.NAMES) + "}",
+                   help="where to stop for each int3 (see below)")
+    p.add_argument("--sample", type=_non_negative, default=0, metavar="N",
+                   help="the int3 entry stop and the landing only for the first N int3s of each batch, "
+                        "the handler checks for all (0: every int3)")
+
+
+MODES_EPILOG = "modes:\n" + "\n".join("  " + line for line in check_mode.describe_all().splitlines())
+
+
+class _Sub(gdb.Command):
+    name = ""
+    summary = ""  # the first help line (what `help ftrace-int3` lists)
+    epilog = ""
+    example = ""
+    needs_armed = False
+    command_class = gdb.COMMAND_DATA
+    completer = gdb.COMPLETE_NONE
+
+    def __init__(self) -> None:
+        self.parser = _Parser(prog=f"ftrace-int3 {self.name}", formatter_class=_Formatter, add_help=True,
+                              epilog=self.epilog + (f"\nexample: {self.example}" if self.example else ""))
+        self.arguments(self.parser)
+        self.__doc__ = self.summary + "\n\n" + self.parser.format_help().rstrip()
+        super().__init__(f"ftrace-int3 {self.name}", self.command_class, self.completer)
+
+    def arguments(self, p: argparse.ArgumentParser) -> None:
+        pass
+
+    def invoke(self, arg: str, from_tty: bool) -> None:
         try:
-            return fn(self, arg, from_tty)
+            args = self.parser.parse_args(gdb.string_to_argv(arg))
+            c = checker.active
+            if self.needs_armed and (c is None or not c.armed):
+                raise UserError("ftrace-int3 is not armed: run 'ftrace-int3 arm' first")
+            self.run(args, c)
+        except _HelpShown:
+            return
         except UserError as e:
             raise gdb.GdbError(str(e)) from None
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
 
-
-def _color_from_gdb() -> None:
-    try:
-        on = gdb.parameter("style enabled")
-    except (gdb.error, RuntimeError):
-        on = True
-    import sys
-
-    style.set_enabled(bool(on) and sys.stdout.isatty())
+    def run(self, args: argparse.Namespace, c: "checker.Checker | None") -> None:
+        raise NotImplementedError
 
 
 class FtraceInt3(gdb.Command):
     """Verify the int3 emulation of live x86_64 text patching (ftrace, jump labels, livepatch).
 
-Usage: ftrace-int3 SUBCOMMAND [ARGS]
+Usage: ftrace-int3 SUBCOMMAND [ARGS]   (help ftrace-int3 SUBCOMMAND for each)
 
-Subcommands: info, arm, run, inject, disarm, report. A typical session, attached to
-QEMU's gdbstub with the kernel's vmlinux loaded:
-  (gdb) ftrace-int3 arm --mode full --json /tmp/events.jsonl
+A typical session, attached to QEMU's gdbstub with the kernel's vmlinux loaded:
+  (gdb) ftrace-int3 arm --json /tmp/events.jsonl
   (gdb) ftrace-int3 run     # make the guest patch text, then Ctrl-C
   (gdb) ftrace-int3 report
-With --mode handler plain `continue` works as well. 'ftrace-int3 inject MODE'
-reproduces a fixed bug so you can see the checker catch it."""
+For gdb -batch: ftrace-int3 check HOST:PORT --json FILE.
+'ftrace-int3 inject MODE' reproduces a fixed bug so you can see the checker catch it."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("ftrace-int3", gdb.COMMAND_DATA, gdb.COMPLETE_NONE, prefix=True)
 
 
-class FtraceInt3Info(gdb.Command):
-    """Show which int3 text-patch handler, callers, batch descriptor and layouts this kernel has.
+class Info(_Sub):
+    name = "info"
+    summary = "Show which int3 text-patch handler, callers, batch descriptor and layouts this kernel has."
+    epilog = ("Detection is by symbols and DWARF types (poke_int3_handler / smp_text_poke_int3_handler,\n"
+              "bp_desc / text_poke_array, struct text_poke_loc), never by version number.")
+    example = "ftrace-int3 info"
 
-Usage: ftrace-int3 info
-
-Detection is by symbols and DWARF types (poke_int3_handler / smp_text_poke_int3_handler,
-bp_desc / text_poke_array, struct text_poke_loc), never by version number.
-Example: ftrace-int3 info"""
-
-    def __init__(self):
-        super().__init__("ftrace-int3 info", gdb.COMMAND_DATA)
-
-    @_user_errors
-    def invoke(self, arg, from_tty):
-        if arg.strip():
-            raise gdb.GdbError("ftrace-int3 info takes no arguments")
+    def run(self, args, c) -> None:
         from tabulate import tabulate
 
         gdb.write(tabulate(kernel.info().describe(), tablefmt="plain") + "\n")
 
 
-class FtraceInt3Arm(gdb.Command):
-    """Start checking every int3 the kernel's text-patch handler takes.
+class Arm(_Sub):
+    name = "arm"
+    summary = "Start checking every int3 the kernel's text-patch handler takes."
+    epilog = ("Sets internal breakpoints; every entry into the handler becomes one event with one\n"
+              "verdict. Re-arming starts a new event list. With modes landing and full, resume with\n"
+              "'ftrace-int3 run' (it steps over the landing stops); with handler, 'continue' works too.\n\n"
+              + MODES_EPILOG)
+    example = "ftrace-int3 arm --mode handler --json /tmp/ftrace-int3.jsonl"
+    command_class = gdb.COMMAND_BREAKPOINTS
+    completer = gdb.COMPLETE_FILENAME
 
-Usage: ftrace-int3 arm [--mode handler|landing|full] [--json FILE] [--echo]
+    def arguments(self, p) -> None:
+        _add_mode(p)
+        p.add_argument("--json", metavar="FILE", help="append one JSON object per event to FILE as events complete")
+        p.add_argument("--stops", metavar="FILE", help="append every stop the checker reads to FILE "
+                       "(a stream core.tracker replays; for tests and bug reports)")
+        p.add_argument("--echo", action="store_true", help="print one line per event as it completes")
 
-Sets internal breakpoints; every entry into the handler becomes one event
-with one verdict. Re-arming starts a new event list.
-  --mode handler  the handler's entry and return (2 stops per int3); the CPU's
-                  frame is read from the words the gap leaves above pt_regs
-  --mode landing  + follow each emulated int3 through iretq to the first
-                  instruction it lands on (+2 stops; needs 'ftrace-int3 run')
-  --mode full     + the int3 entry (asm_exc_int3), where the CPU's frame is
-                  read before the entry code copies it (+1 stop) (default)
-  --json FILE     append one JSON object per event to FILE as events complete
-  --echo          print one line per event as it completes (slow guests only)
-Example: ftrace-int3 arm --mode handler --json /tmp/ftrace-int3.jsonl"""
-
-    parser = _Parser(prog="ftrace-int3 arm", add_help=True)
-    parser.add_argument("--mode", choices=checker.MODES, default="full")
-    parser.add_argument("--json", metavar="FILE")
-    parser.add_argument("--echo", action="store_true")
-
-    def __init__(self):
-        super().__init__("ftrace-int3 arm", gdb.COMMAND_BREAKPOINTS, gdb.COMPLETE_FILENAME)
-
-    @_user_errors
-    def invoke(self, arg, from_tty):
-        args = _parse(self.parser, arg)
-        if args is None:
-            return
-        old = checker.current()
+    def run(self, args, old) -> None:
         if old is not None:
             old.close()
         try:
-            c = checker.Checker(json_path=args.json, echo=args.echo, mode=args.mode)
+            c = checker.Checker(args.mode, json_path=args.json, echo=args.echo, sample=args.sample,
+                                stops_path=args.stops)
         except OSError as e:
-            raise gdb.GdbError(f"cannot open the event log: {e}") from None
+            raise UserError(f"cannot open the log: {e}") from None
         c.arm()
-        checker.set_current(c)
+        checker.active = c
         k = c.kinfo
         gdb.write(f"ftrace-int3: armed ({args.mode}) on {k.handler_name} ({k.handler:#x}) and "
                   f"{len(k.returns)} return point(s); batch from {k.desc_name}"
-                  + (f"; int3 entry {k.entry_name}" if args.mode == "full" else "")
+                  + (f"; int3 entry {k.int3_entry_name}" if args.mode.stops_at_int3_entry else "")
                   + (f"; events -> {args.json}" if args.json else "") + "\n")
-        if args.mode != "handler":
+        if args.mode.follows_landing:
             gdb.write("ftrace-int3: resume with 'ftrace-int3 run' (not 'continue'): following a landing "
                       "needs real stops that it steps over for you\n")
 
 
-class FtraceInt3Run(gdb.Command):
-    """Resume the guest with the checker armed, stepping over its landing stops, until Ctrl-C.
+class Run(_Sub):
+    name = "run"
+    summary = "Resume the guest with the checker armed, stepping over its landing stops, until Ctrl-C."
+    epilog = ("Like 'continue', but when the checker stops at the iretq of an emulated int3 (modes\n"
+              "landing/full) it single-steps that vCPU (the others stay stopped), records where it\n"
+              "landed, and resumes. Returns when the guest exits, gdb is interrupted (Ctrl-C) or the\n"
+              "guest stops for a reason of its own.")
+    example = "ftrace-int3 run"
+    needs_armed = True
+    command_class = gdb.COMMAND_RUNNING
 
-Usage: ftrace-int3 run
-
-Like 'continue', but when the checker stops at the iretq of an emulated int3
-(--mode landing/full) it single-steps that vCPU (the others stay stopped),
-records where it landed, and resumes. Returns when the guest exits, gdb is
-interrupted (Ctrl-C) or the guest stops for a reason of its own.
-Example: ftrace-int3 run"""
-
-    def __init__(self):
-        super().__init__("ftrace-int3 run", gdb.COMMAND_RUNNING)
-
-    def invoke(self, arg, from_tty):
+    def run(self, args, c) -> None:
         from . import runner
 
-        if arg.strip():
-            raise gdb.GdbError("ftrace-int3 run takes no arguments")
-        c = checker.current()
-        if c is None or not c.armed:
-            raise gdb.GdbError("ftrace-int3 is not armed: run 'ftrace-int3 arm' first")
         why = runner.drive(c)
         gdb.write(f"ftrace-int3: {why}; {len(c.events)} event(s) so far ('ftrace-int3 report')\n")
 
 
-class FtraceInt3Inject(gdb.Command):
-    """Reproduce a fixed text-patching bug in the live guest, to see the checker catch it.
+class Inject(_Sub):
+    name = "inject"
+    summary = "Reproduce a fixed text-patching bug in the live guest, to see the checker catch it."
+    epilog = ("Applies to the int3s the armed checker sees from now on; every change to kernel text is\n"
+              "undone by 'ftrace-int3 inject off', 'disarm', or when the check ends. Faults:\n"
+              + "\n".join(f"  {m:<13} {h}" for m, h in core_inject.INJECTION_HELP.items()))
+    example = "ftrace-int3 inject skip-call"
+    needs_armed = True
+    choices = core_inject.INJECTIONS + ("off",)
 
-Usage: ftrace-int3 inject skip-call|wrong-return|no-gap|late-int3|off
+    def arguments(self, p) -> None:
+        p.add_argument("fault", choices=self.choices, help="the bug to reproduce, or off")
 
-Applies to the int3s the armed checker sees from now on; every change to
-kernel text is undone by 'ftrace-int3 inject off', 'disarm', or when the
-check ends. Modes:
-  skip-call     the pre-seed handler: a CALL being installed is skipped
-                (regs->ip = site + 5, nothing pushed)  -> WRONG-TARGET
-  wrong-return  the emulated CALL pushes site + 8; repaired after the
-                landing is seen (MODE landing/full)    -> WRONG-RETURN
-  no-gap        the int3 entry makes no gap (its jnz becomes a jmp); the
-                guest usually dies soon after           -> GAP-VIOLATION
-  late-int3     an int3 reappears at an ftrace call site after its batch;
-                put back when taken                     -> MISSED
-Example: ftrace-int3 inject skip-call"""
+    def complete(self, text, word):
+        return [m for m in self.choices if m.startswith(word or "")]
 
-    def __init__(self):
-        super().__init__("ftrace-int3 inject", gdb.COMMAND_DATA)
-
-    @_user_errors
-    def invoke(self, arg, from_tty):
-        from ..core.inject import MODES
+    def run(self, args, c) -> None:
         from .inject import Injector
 
-        mode = arg.strip()
-        if mode not in MODES + ("off",):
-            raise gdb.GdbError(f"ftrace-int3 inject: one of {', '.join(MODES)}, off (see: help ftrace-int3 inject)")
-        c = checker.current()
-        if c is None or not c.armed:
-            raise gdb.GdbError("ftrace-int3 is not armed: run 'ftrace-int3 arm' first")
         if c.injector is not None:
-            for line in c.restore():
+            for line in c.injector.restore():
                 gdb.write(f"ftrace-int3: {line}\n")
             gdb.write(f"ftrace-int3: injection {c.injector.describe()}; stopped\n")
             c.injector = None
-        if mode != "off":
-            c.injector = Injector(mode, c.kinfo)
-            gdb.write(f"ftrace-int3: injecting {mode} from the next int3 on\n")
+        if args.fault != "off":
+            c.injector = Injector(args.fault, c.kinfo)
+            gdb.write(f"ftrace-int3: injecting {args.fault} from the next int3 on\n")
 
 
-class FtraceInt3Disarm(gdb.Command):
-    """Stop checking: remove the checker's breakpoints, keep the events for `report`.
+class Disarm(_Sub):
+    name = "disarm"
+    summary = "Stop checking: remove the checker's breakpoints, keep the events for `report`."
+    example = "ftrace-int3 disarm"
+    needs_armed = True
+    command_class = gdb.COMMAND_BREAKPOINTS
 
-Usage: ftrace-int3 disarm
-Example: ftrace-int3 disarm"""
-
-    def __init__(self):
-        super().__init__("ftrace-int3 disarm", gdb.COMMAND_BREAKPOINTS)
-
-    def invoke(self, arg, from_tty):
-        c = checker.current()
-        if c is None or not c.armed:
-            raise gdb.GdbError("ftrace-int3 is not armed")
+    def run(self, args, c) -> None:
         c.close()
         gdb.write(f"ftrace-int3: disarmed; {len(c.events)} event(s) kept for 'ftrace-int3 report'\n")
 
 
-class FtraceInt3Report(gdb.Command):
-    """Print the events so far as a table grouped by site, instruction, target and verdict.
+class Report(_Sub):
+    name = "report"
+    summary = "Print the events so far: the table grouped by site and verdict, explanations, the summary."
+    epilog = ("Reads the current checker's events, or the JSON event log FILE written by `arm --json`\n"
+              "(for instance after a crash). The same report as scripts/ftrace-int3-check prints,\n"
+              "but without the guest's read counts (the last line says 'ftrace-int3 report:').")
+    example = "ftrace-int3 report --json /tmp/ftrace-int3.jsonl"
+    completer = gdb.COMPLETE_FILENAME
 
-Usage: ftrace-int3 report [--json FILE]
+    def arguments(self, p) -> None:
+        p.add_argument("--json", metavar="FILE", help="read the events from this event log")
+        p.add_argument("--rows", type=_non_negative, default=report.DEFAULT_ROWS, metavar="N",
+                       help="table rows at most; FAIL and MISSED rows are always shown (0: all)")
 
-Reads the current checker's events, or the JSON event log FILE written by
-`arm --json` (for instance after a crash). FAIL-class and MISSED verdicts are
-explained with expected vs. seen values; the last line counts each class.
-Example: ftrace-int3 report --json /tmp/ftrace-int3.jsonl"""
-
-    parser = _Parser(prog="ftrace-int3 report", add_help=True)
-    parser.add_argument("--json", metavar="FILE")
-
-    def __init__(self):
-        super().__init__("ftrace-int3 report", gdb.COMMAND_DATA, gdb.COMPLETE_FILENAME)
-
-    def invoke(self, arg, from_tty):
-        args = _parse(self.parser, arg)
-        if args is None:
-            return
-        _color_from_gdb()
+    def run(self, args, c) -> None:
+        try:
+            on = gdb.parameter("style enabled")
+        except (gdb.error, RuntimeError):
+            on = True
+        style.set_enabled(bool(on) and sys.stdout.isatty())
         if args.json:
             try:
-                events, _meta = report.load_events(args.json)
+                events, meta = report.load_events(args.json)
             except OSError as e:
-                raise gdb.GdbError(f"cannot read {args.json}: {e}") from None
-            errors = []
+                raise UserError(f"cannot read {args.json}: {e}") from None
+            problems = report.checker_problems(meta)
+        elif c is not None:
+            events = c.events + c.tracker.open_events()
+            problems = report.checker_problems({"errors": c.errors})
         else:
-            c = checker.current()
-            if c is None:
-                raise gdb.GdbError("no events: run 'ftrace-int3 arm' first (or give --json FILE)")
-            events = c.events + [ev for st in c.pending.values() for ev in st]
-            errors = c.errors
-        gdb.write(report.render_table(report.group_rows(events)) + "\n")
-        for line in report.explanations(events):
-            gdb.write(style.paint("fail", line) + "\n")
-        for e in errors[:5]:
-            gdb.write(style.paint("warn", f"checker error: {e}") + "\n")
-        s = report.summarize(events, None, [])
-        gdb.write(f"ftrace-int3: events={len(events)} verified={s.verified} failed={s.failed} "
-                  f"missed={s.missed} other={s.other}\n")
+            raise UserError("no events: run 'ftrace-int3 arm' first (or give --json FILE)")
+        lines, summary = report.render(events, problems=problems, rows=args.rows)
+        gdb.write("\n".join(lines) + "\n" + summary.line() + "\n")
+
+
+class Check(_Sub):
+    name = "check"
+    summary = "Connect to a gdbstub, arm, run until the guest exits or gdb is interrupted (for gdb -batch)."
+    epilog = ("Retries the connection while QEMU starts. At the end it closes the event log (the\n"
+              "result: read it with 'ftrace-int3 report --json FILE') and kills the target.\n" + MODES_EPILOG)
+    example = "gdb -batch -nx vmlinux -x gdb-ftrace.py -ex 'ftrace-int3 check 127.0.0.1:1234 --json ev.jsonl'"
+    command_class = gdb.COMMAND_RUNNING
+
+    def arguments(self, p) -> None:
+        p.add_argument("target", metavar="HOST:PORT", help="QEMU's gdbstub")
+        p.add_argument("--json", metavar="FILE", required=True, help="the event log to write")
+        _add_mode(p)
+        p.add_argument("--inject", choices=core_inject.INJECTIONS, help="reproduce a fixed bug (see: help "
+                       "ftrace-int3 inject)")
+        p.add_argument("--stops", metavar="FILE", help="also record every stop to FILE (see: help ftrace-int3 arm)")
+        p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S", help="seconds to retry connecting")
+        p.add_argument("--no-arm", dest="arm", action="store_false",
+                       help="only attach and run, no breakpoint (the baseline of scripts/bench-stops)")
+
+    def run(self, args, c) -> None:
+        from . import runner
+
+        runner.run(args.target, args.json, args.mode, connect_timeout=args.connect_timeout, arm=args.arm,
+                   sample=args.sample, inject=args.inject, stops_path=args.stops)
+
+
+SUBCOMMANDS = (Info, Arm, Run, Inject, Disarm, Report, Check)
 
 
 def register() -> None:
     FtraceInt3()
-    FtraceInt3Info()
-    FtraceInt3Arm()
-    FtraceInt3Run()
-    FtraceInt3Inject()
-    FtraceInt3Disarm()
-    FtraceInt3Report()
+    for sub in SUBCOMMANDS:
+        sub()

@@ -18,6 +18,7 @@ import gdb
 from ..core import inject as core
 from ..core.batch import Batch
 from ..core.errors import UserError
+from ..core.event import Injection
 from ..core.insn import CALL, INT3
 from . import mem, symbols
 
@@ -28,8 +29,8 @@ def _write(w: core.Write) -> None:
 
 class Injector:
     def __init__(self, mode: str, kinfo) -> None:
-        if mode not in core.MODES:
-            raise UserError(f"unknown injection {mode!r}; one of: {', '.join(core.MODES)}")
+        if mode not in core.INJECTIONS:
+            raise UserError(f"unknown injection {mode!r}; one of: {', '.join(core.INJECTIONS)}")
         self.mode = mode
         self.kinfo = kinfo
         self.count = 0  # events changed
@@ -42,9 +43,9 @@ class Injector:
         self._hits: dict[int, int] = {}  # int3s taken per site: late-int3 plants only at hot sites
         self.max_plants = 3
         if mode == "no-gap":
-            if kinfo.entry is None:
+            if kinfo.int3_entry is None:
                 raise UserError("INJECT=no-gap needs the int3 entry (asm_exc_int3 / int3) in the symbols")
-            code = kinfo.disassemble(kinfo.entry_name)
+            code = kinfo.disassemble(kinfo.int3_entry_name)
             try:
                 # Read the bytes from vmlinux: the guest may not have booted yet.
                 self._gap_patch = core.gap_branch(code, kinfo.read_text)
@@ -55,7 +56,10 @@ class Injector:
         return f"{self.mode}: {self.count} event(s) changed" + (f" ({self.log[-1]})" if self.log else "")
 
     # -- hooks ----------------------------------------------------------
-    def before_handler(self, site: int) -> str | None:
+    def _did(self, what: str) -> Injection:
+        return Injection(self.mode, what)
+
+    def before_handler(self, site: int) -> Injection | None:
         """late-int3: the planted int3 was taken; put the byte back before the handler looks."""
         self._hits[site] = self._hits.get(site, 0) + 1
         orig = self._planted.pop(site, None)
@@ -65,7 +69,7 @@ class Injector:
         _write(w)
         self._text_restore.pop(site, None)
         self.count += 1
-        return f"late-int3: an int3 was planted at {site:#x} after its batch; byte put back on entry"
+        return self._did(f"late-int3: an int3 was planted at {site:#x} after its batch; byte put back on entry")
 
     def after_batch(self, batch: Batch) -> None:
         if self._gap_patch is not None and self._gap_patch[0].addr not in self._text_restore:
@@ -76,17 +80,17 @@ class Injector:
                 self.log.append(f"{patch.why} at {patch.addr:#x}")
         if self.mode != "late-int3":
             return
-        live = {e.site for e in batch.entries} if batch.live else set()
+        live = {loc.site for loc in batch.locs} if batch.live else set()
         for site in list(self._planted):  # the kernel is patching it again: its int3 replaces ours
             if site in live:
                 del self._planted[site]
                 self._text_restore.pop(site, None)
         if batch.live:
-            for e in batch.entries:
+            for loc in batch.locs:
                 # Ftrace call sites being enabled: the class the seed is about, and hot
                 # enough in the scenarios (the livepatched function) to be hit soon.
-                if e.installed[:1] == bytes([CALL]):
-                    self._recent[e.site] = e.installed
+                if loc.installed[:1] == bytes([CALL]):
+                    self._recent[loc.site] = loc.installed
         if self._planted or not self._recent or self.count >= self.max_plants:
             return
         for site, installed in list(self._recent.items()):
@@ -107,11 +111,11 @@ class Injector:
             del self._recent[site]
             break
 
-    def at_return(self, ev, ip_off: int, sp_off: int) -> str | None:
+    def at_return(self, ev, ret: int, ip_off: int, sp_off: int) -> Injection | None:
         """skip-call / wrong-return, at the handler's return, before the checker reads pt_regs."""
         if self.mode not in ("skip-call", "wrong-return"):
             return None
-        if not core.is_emulated_call(ev.ret, ev.entry.opcode if ev.entry else None):
+        if not core.is_emulated_call(ret, ev.loc.opcode if ev.loc else None):
             return None
         if self.mode == "skip-call":
             for w in core.skip_call(ev.regs_addr, ip_off, sp_off, ev.site, ev.before["sp"]):
@@ -125,14 +129,14 @@ class Injector:
             what = f"wrong-return: pushed site+5+{core.WRONG_RETURN_OFFSET}"
         self.count += 1
         self.log.append(what)
-        return what
+        return self._did(what)
 
-    def after_landing(self, ev) -> str | None:
+    def after_landing(self, ev) -> Injection | None:
         repair = self._repairs.pop(ev.seq, None)
         if repair is None:
             return None
         _write(repair)
-        return "wrong-return: return address repaired after the landing was seen"
+        return self._did("wrong-return: return address repaired after the landing was seen")
 
     def restore(self) -> list[str]:
         """Write back every byte of kernel text we changed. Safe to call twice."""

@@ -1,13 +1,14 @@
 """What this kernel has: handler, its callers, the batch descriptor, layouts.
 
-Detection is by symbols and DWARF types, never by version number (see
-../shared/kernel-notes.md, Tables 1-2):
+Detection is by symbols and DWARF types, never by version number (the
+handler and descriptor of each era: arch/x86/kernel/alternative.c and, before
+v5.6, arch/x86/kernel/ftrace.c; docs/eras.md):
   smp_text_poke_int3_handler + text_poke_array   v6.16+
   poke_int3_handler + bp_desc (struct)           v6.0 - v6.15 (and backports)
   poke_int3_handler + bp_desc (pointer)          v5.6 - v5.19
   ftrace_int3_handler                            v5.2 - v5.5 (rules in core.ftrace_era;
                                                  no live reader yet: refused)
-Everything is resolved lazily and cached until gdb loads a new objfile.
+Everything is resolved lazily and cached until gdb loads a new objfile (cache.py).
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from ..core.errors import UserError
 from ..core.batch import Batch, DescLayout, header_read, make_batch, parse_header, readable_count
 from ..core.insn import MASK64
 from ..core.layout import PT_REGS_X86_64, Field, StructLayout
+from ..core.mode import CheckMode
 from . import mem
+from .cache import per_objfile
 
 HANDLERS = ("smp_text_poke_int3_handler", "poke_int3_handler")
 CALLERS = ("exc_int3", "do_int3")
 DESCRIPTORS = ("text_poke_array", "bp_desc", "int3_desc")
 LOC_TYPES = ("struct smp_text_poke_loc", "struct text_poke_loc")
-ENTRIES = ("asm_exc_int3", "int3")  # the IDT entry: v5.8+, before v5.8
+INT3_ENTRIES = ("asm_exc_int3", "int3")  # the IDT's int3 entry: v5.8+, before v5.8
 IRET = "native_irq_return_iret"  # the iretq every return to kernel mode takes
 
 
@@ -44,6 +47,7 @@ def lookup_struct(type_name: str):
     return gdb.parse_and_eval(f"({type_name} *)0").dereference().type.strip_typedefs()
 
 
+@per_objfile
 def struct_layout(type_name: str) -> StructLayout:
     """Layout of a struct from DWARF: every named member, anonymous unions flattened."""
     t = lookup_struct(type_name)
@@ -143,9 +147,16 @@ class KernelInfo:
             caller = self.returns[0][0]
             self.followups = [("kprobe_int3_handler", r) for r in call_return_sites(caller_code[caller], kprobe)]
         self.die = symbol_address("die")
-        self.entry_name = next((e for e in ENTRIES if symbol_address(e) is not None), None)
-        self.entry = symbol_address(self.entry_name) if self.entry_name else None
+        self.int3_entry_name = next((e for e in INT3_ENTRIES if symbol_address(e) is not None), None)
+        self.int3_entry = symbol_address(self.int3_entry_name) if self.int3_entry_name else None
         self.iret = symbol_address(IRET)
+
+    def require(self, mode: CheckMode) -> None:
+        """Refuse a check mode whose stops this kernel's symbols do not have."""
+        if mode.stops_at_int3_entry and self.int3_entry is None:
+            raise UserError(f"mode {mode} needs the int3 entry ({' or '.join(INT3_ENTRIES)}) in the symbols")
+        if mode.follows_landing and self.iret is None:
+            raise UserError(f"mode {mode} needs {IRET} in the symbols to follow the landing")
 
     @staticmethod
     def _has_type(name: str) -> bool:
@@ -205,10 +216,11 @@ class KernelInfo:
             ("returns to", ", ".join(f"{c}+{r - symbol_address(c):#x} ({r:#x})" for c, r in self.returns)),
             ("then", ", ".join(f"{f} returns to {r:#x}" for f, r in self.followups) or "-"),
             ("batch descriptor", f"{desc} at {self.desc_addr:#x}"),
-            ("batch entry", f"{self.loc_type}, {self.loc.size} bytes: " +
+            ("batch element", f"{self.loc_type}, {self.loc.size} bytes: " +
              ", ".join(f"{n}@{f.offset}" for n, f in self.loc.fields.items())),
             ("_stext", f"{self.stext:#x}"),
-            ("int3 entry", f"{self.entry_name} at {self.entry:#x}" if self.entry else "not found (no MODE=full)"),
+            ("int3 entry", f"{self.int3_entry_name} at {self.int3_entry:#x}" if self.int3_entry
+             else "not found (no MODE=full)"),
             ("per-CPU refs", f"text_poke_array_refs at {self.percpu_refs:#x} + __per_cpu_offset[cpu]"
              if self.percpu_refs else "-"),
             ("iret", f"{IRET} at {self.iret:#x}" if self.iret else "not found (no landing checks)"),
@@ -219,7 +231,7 @@ class KernelInfo:
                 "returns": [[c, r] for c, r in self.returns], "descriptor": self.desc.to_json(),
                 "desc_addr": self.desc_addr, "keeps_last_batch": self.keeps_last_batch,
                 "loc_type": self.loc_type, "loc_layout": self.loc.to_json(), "stext": self.stext,
-                "entry": [self.entry_name, self.entry], "iret": self.iret}
+                "int3_entry": [self.int3_entry_name, self.int3_entry], "iret": self.iret}
 
     def read_cpu_refs(self, cpu: int) -> int | None:
         """This CPU's text_poke_array_refs (v6.16+), or None where refs are not per CPU."""
@@ -243,23 +255,7 @@ class KernelInfo:
         return make_batch(live, nr, self.loc, buf, self.stext)
 
 
-_cache: KernelInfo | None = None
-
-
+@per_objfile
 def info() -> KernelInfo:
-    global _cache
-    if _cache is None:
-        _cache = KernelInfo()
-    return _cache
-
-
-def _invalidate(_event=None) -> None:
-    global _cache
-    _cache = None
-
-
-gdb.events.new_objfile.connect(_invalidate)
-try:
-    gdb.events.clear_objfiles.connect(_invalidate)
-except AttributeError:  # older gdb
-    pass
+    """The kernel in gdb, resolved once per set of symbols."""
+    return KernelInfo()

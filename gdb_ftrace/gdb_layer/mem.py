@@ -1,4 +1,4 @@
-"""Guest memory reads: one gdbstub round trip each, so read whole structs."""
+"""Guest memory and registers. A memory read is one gdbstub round trip: read whole structs."""
 
 from __future__ import annotations
 
@@ -23,3 +23,13 @@ def try_read(addr: int, n: int) -> bytes | None:
 
 def write(addr: int, data: bytes) -> None:
     gdb.selected_inferior().write_memory(addr, data)
+
+
+def reg(name: str) -> int:
+    """A register of the stopped vCPU, as an unsigned 64-bit int."""
+    return int(gdb.newest_frame().read_register(name)) & 0xFFFFFFFFFFFFFFFF
+
+
+def vcpu_index() -> int:
+    """The stopped vCPU's index: QEMU's gdbstub shows one thread per vCPU, numbered from 1."""
+    return gdb.selected_thread().num - 1

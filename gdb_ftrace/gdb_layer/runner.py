@@ -1,7 +1,7 @@
-"""Non-interactive check, for `gdb -batch` (scripts/ftrace-int3-check uses it).
+"""Non-interactive check, for `gdb -batch` (the `ftrace-int3 check` command;
+scripts/ftrace-int3-check uses it):
 
-    gdb -batch -nx VMLINUX -x gdb-ftrace.py \
-        -ex 'python from gdb_ftrace.gdb_layer import runner; runner.run("127.0.0.1:1234", "ev.jsonl")'
+    gdb -batch -nx VMLINUX -x gdb-ftrace.py -ex 'ftrace-int3 check 127.0.0.1:1234 --json ev.jsonl'
 
 Connects (retrying while QEMU starts), arms the checker, continues until the
 guest powers off, the connection drops, or gdb gets SIGINT (the driver's
@@ -16,6 +16,7 @@ import time
 import gdb
 
 from ..core.errors import UserError
+from ..core.mode import CheckMode
 from . import checker, kernel
 
 
@@ -52,16 +53,16 @@ def drive(c: "checker.Checker | None") -> str:
         inf = gdb.selected_inferior()
         if not inf.pid or not inf.threads():
             return "guest exited"
-        if c is not None and c.step_pending is not None:
+        if c is not None and c.tracker.step_pending is not None:
             c.land()
             continue
-        if c is not None and c.sync_breakpoints():
+        if c is not None and c.bps.sync():
             continue
         return "guest stopped (interrupt or a stop that is not the checker's)"
 
 
-def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = True,
-        mode: str = "handler", sample: int = 0, inject: str | None = None) -> None:
+def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,
+        sample: int = 0, inject: str | None = None, stops_path: str | None = None) -> None:
     """arm=False only attaches (no breakpoint): the baseline of scripts/bench-stops."""
     gdb.execute("set pagination off")
     gdb.execute("set confirm off")
@@ -71,9 +72,9 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = 
         connect(target, connect_timeout)
         _say(f"connected to {target}")
         if arm:
-            c = checker.Checker(json_path=json_path, mode=mode, sample=sample, inject=inject)
+            c = checker.Checker(mode, json_path=json_path, sample=sample, inject=inject, stops_path=stops_path)
             c.arm()
-            checker.set_current(c)
+            checker.active = c
             _say(f"armed on {c.kinfo.handler_name} (mode {mode}"
                  + (f", injecting {inject}" if inject else "") + "); returns at "
                  + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
@@ -86,9 +87,7 @@ def run(target: str, json_path: str, connect_timeout: float = 30.0, arm: bool = 
             if c.injector is not None:
                 _say(f"injection {c.injector.describe()}")
             _say(f"events={len(c.events)} checker_errors={len(c.errors)} "
-                 f"unmatched_returns={c.unmatched_returns} entry_stops={c.entry_stops} "
-                 f"foreign_irets={c.foreign_irets} sampled_out={c.sampled_out} max_depth={c.max_depth} "
-                 f"duplicate_stops={c.duplicate_stops}")
+                 + " ".join(f"{k}={v}" for k, v in c.tracker.stats.to_json().items()))
         try:
             if gdb.selected_inferior().pid:
                 gdb.execute("kill", to_string=True)

@@ -10,28 +10,26 @@ import gdb
 from ..core import sites, targets
 from ..core.insn import MASK64
 from . import mem
+from .cache import per_objfile
 from .kernel import lookup_struct, struct_layout, symbol_address
 
 _INFO = re.compile(r"^(\S+)(?: \+ (\d+))? in section (\S+)")
-_cache: dict[int, str] = {}
 
 
+@per_objfile
 def vmlinux_symbol(addr: int) -> str:
     """'func+0x4' / 'func', or '' when no vmlinux symbol covers addr."""
-    if addr in _cache:
-        return _cache[addr]
     try:
         out = gdb.execute(f"info symbol {addr:#x}", to_string=True).strip()
     except gdb.error:
         out = ""
     m = _INFO.match(out)
-    name = ""
-    if m:
-        name = m.group(1) + (f"+{int(m.group(2)):#x}" if m.group(2) else "")
-    _cache[addr] = name
-    return name
+    if not m:
+        return ""
+    return m.group(1) + (f"+{int(m.group(2)):#x}" if m.group(2) else "")
 
 
+@per_objfile
 def _offsets(type_name: str) -> tuple[dict[str, int], int]:
     """{field: byte offset} and sizeof of a struct, from DWARF (kernel.struct_layout)."""
     lay = struct_layout(type_name)
@@ -61,6 +59,7 @@ def ftrace_ops_registered(limit: int = 64) -> list[targets.FtraceOps]:
     return out
 
 
+@per_objfile
 def _direct_flag() -> int | None:
     """FTRACE_OPS_FL_DIRECT from DWARF (None: unknown, e.g. before v5.5)."""
     try:
@@ -69,12 +68,12 @@ def _direct_flag() -> int | None:
         return None
 
 
-def _module_ranges(buf: bytes, off: dict[str, int]) -> list[tuple[int, int]]:
-    """[(base, size)] of one struct module's memory: mem[] (v6.4+) or the
-    core/init layouts before."""
-    t = lookup_struct("struct module")
+@per_objfile
+def _module_region_offsets() -> tuple[tuple[int, int, int], ...]:
+    """(region offset, its base's offset, its size's offset) in struct module, for each
+    memory region: mem[] (v6.4+) or core_layout/init_layout before."""
     out = []
-    for f in t.fields():
+    for f in lookup_struct("struct module").fields():
         if f.name not in ("mem", "core_layout", "init_layout"):
             continue
         ft = f.type.strip_typedefs()
@@ -83,14 +82,19 @@ def _module_ranges(buf: bytes, off: dict[str, int]) -> list[tuple[int, int]]:
             lo, hi = ft.range()
             n, et = hi - lo + 1, ft.target().strip_typedefs()
         eoff = {g.name: g.bitpos // 8 for g in et.fields() if g.name}
-        if not {"base", "size"} <= eoff.keys():
-            continue
-        for i in range(n):
-            o = off[f.name] + i * et.sizeof
-            base = int.from_bytes(buf[o + eoff["base"]:o + eoff["base"] + 8], "little")
-            sz = int.from_bytes(buf[o + eoff["size"]:o + eoff["size"] + 4], "little")
-            if base and sz:
-                out.append((base, sz))
+        if {"base", "size"} <= eoff.keys():
+            out += [(f.bitpos // 8 + i * et.sizeof, eoff["base"], eoff["size"]) for i in range(n)]
+    return tuple(out)
+
+
+def _module_ranges(buf: bytes) -> list[tuple[int, int]]:
+    """[(base, size)] of one struct module's memory regions."""
+    out = []
+    for o, boff, soff in _module_region_offsets():
+        base = int.from_bytes(buf[o + boff:o + boff + 8], "little")
+        sz = int.from_bytes(buf[o + soff:o + soff + 4], "little")
+        if base and sz:
+            out.append((base, sz))
     return out
 
 
@@ -116,7 +120,7 @@ def module_symbol(addr: int, limit: int = 512) -> str:
         if buf is None:
             break
         node = int.from_bytes(buf[off["list"]:off["list"] + 8], "little")
-        if not any(b <= addr < b + n for b, n in _module_ranges(buf, off)):
+        if not any(b <= addr < b + n for b, n in _module_ranges(buf)):
             continue
         name = targets.cstring(buf, off["name"])
         ks = mem.try_read(int.from_bytes(buf[off["kallsyms"]:off["kallsyms"] + 8], "little"), ksize)
@@ -152,13 +156,6 @@ def name_target(addr: int | None) -> str:
     except gdb.error:
         pass
     return name or f"{addr:#x} (not a vmlinux symbol)"
-
-
-def clear_cache(_event=None) -> None:
-    _cache.clear()
-
-
-gdb.events.new_objfile.connect(clear_cache)
 
 
 class _SiteTables:
@@ -212,23 +209,24 @@ def _ftrace_locations(max_pages: int = 100000) -> set[int]:
     return out
 
 
-_tables: _SiteTables | None = None
+@per_objfile
+def _site_tables() -> _SiteTables:
+    """Read from the running guest on first use (the jump table is sorted at boot)."""
+    return _SiteTables()
 
 
 def site_kind(addr: int, site_sym: str) -> str:
-    """'ftrace', 'jump label KEY', 'static_call NAME', or '' (read the tables on first use)."""
-    global _tables
-    if _tables is None:
-        _tables = _SiteTables()
-    kind = sites.site_kind(addr, site_sym, _tables.jump, _tables.scall, vmlinux_symbol)
-    if not kind and addr in _tables.ftrace:
+    """'ftrace', 'jump label KEY', 'static_call NAME', or ''."""
+    tables = _site_tables()
+    kind = sites.site_kind(addr, site_sym, tables.jump, tables.scall, vmlinux_symbol)
+    if not kind and addr in tables.ftrace:
         kind = "ftrace"
     return kind
 
 
-def _forget_tables(_event=None) -> None:
-    global _tables
-    _tables = None
-
-
-gdb.events.new_objfile.connect(_forget_tables)
+def name_event(ev) -> None:
+    """Name a finished Int3Event's site, the kind of site, and its emulated target."""
+    ev.site_sym = vmlinux_symbol(ev.site)
+    ev.site_kind = site_kind(ev.site, ev.site_sym)
+    if ev.expected and ev.expected.target is not None:
+        ev.target_sym = name_target(ev.expected.target)

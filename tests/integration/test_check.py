@@ -34,6 +34,17 @@ def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir):
     assert not re.search(r"\[vm\] (downloading|extracting|building|adding)", p.stderr), p.stderr
     assert "[vm] VM ready" in p.stderr
     print(f"make check: {took:.1f}s; {p.stdout.splitlines()[-1]}")
+    # One report: `ftrace-int3 report --json` in gdb prints what the driver printed,
+    # from the same event log, line for line (all but the guest's counts in the last line).
+    logs = re.search(r"^logs: (\S+)$", p.stdout, re.M)[1]
+    driver = p.stdout.split("\n", 1)[1].split(f"logs: {logs}")[0].rstrip("\n").splitlines()
+    g = subprocess.run(["gdb", "-batch", "-nx", "-x", os.path.join(ROOT, "gdb-ftrace.py"),
+                        "-ex", f"ftrace-int3 report --json {logs}/events.jsonl"],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    in_gdb = g.stdout.rstrip("\n").splitlines()
+    assert in_gdb[:-1] == driver, (in_gdb, driver)
+    assert in_gdb[-1] == "ftrace-int3 report: PASS events=%d verified=%d failed=0 missed=0 other=%d" % (
+        s["verified"] + s["other"], s["verified"], s["other"])
 
 
 def test_gdbstub_on_loopback_and_no_qemu_left_when_gdb_is_killed(vm_dir, tmp_path):
@@ -142,6 +153,6 @@ def test_trace_all_passes_with_jump_labels_and_calls(vm_dir, tmp_path):
     verified = [ev for ev in events if ev.verdict == "VERIFIED"]
     assert {"CALL", "NOP"} <= {ev.expected.kind for ev in verified}
     # Jump labels (JMP8/JMP32 <-> NOP2/NOP5 outside fentry sites) flip too.
-    assert any(ev.entry and classify_bytes(ev.entry.installed) in ("JMP8", "JMP32", "NOP2")
+    assert any(ev.loc and classify_bytes(ev.loc.installed) in ("JMP8", "JMP32", "NOP2")
                for ev in verified)
     assert any(ev.landing for ev in events) and any(ev.hw_source == "entry" for ev in events)

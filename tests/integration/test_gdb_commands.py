@@ -45,11 +45,25 @@ def test_info_names_what_was_found(vm_dir):
 
 
 def test_every_subcommand_has_help_with_usage(vm_dir):
-    for sub in ("", " info", " arm", " run", " inject", " disarm", " report"):
+    for sub in ("", " info", " arm", " run", " inject", " disarm", " report", " check"):
         out = gdb(None, f"help ftrace-int3{sub}")
         lines = out.strip().splitlines()
         assert lines and lines[0].strip(), sub
         assert any(l.startswith("Usage: ftrace-int3") for l in lines), (sub, out)
+
+
+def test_arm_help_lists_every_option_with_its_help_and_default(vm_dir):
+    """The help is built from the command's argparse parser: nothing restated by hand."""
+    from gdb_ftrace.core import mode
+
+    out = gdb(None, "help ftrace-int3 arm")
+    for opt in ("--mode {handler,landing,full}", "--sample N", "--json FILE", "--stops FILE", "--echo"):
+        assert re.search(rf"^  {re.escape(opt)}", out, re.M), (opt, out)
+    assert f"(default: {mode.DEFAULT.value})" in out
+    for m in mode.CheckMode:  # every mode explained, with its stops per int3
+        assert re.search(rf"^  {m.value}\s+{m.stops_per_int3} stops/int3: ", out, re.M), out
+    out = gdb(None, "help ftrace-int3 inject")
+    assert all(m in out for m in ("skip-call", "wrong-return", "no-gap", "late-int3", "off"))
 
 
 def test_user_mistakes_are_gdb_errors_with_a_hint(vm_dir):
@@ -67,7 +81,8 @@ def test_report_from_a_recorded_event_log(vm_dir):
     log = os.path.join(ROOT, "tests", "data", "livepatch-trace-6.12.117-cloud.jsonl")
     out = gdb(None, f"ftrace-int3 report --json {log}")
     assert "cmdline_proc_show+0x4" in out
-    assert "events=235 verified=234 failed=0 missed=0 other=1" in out
+    assert "ftrace-int3 report: PASS events=235 verified=234 failed=0 missed=0 other=1" in out
+    assert "checked: CPU frame from the int3 entry" in out  # the coverage line, as the driver prints it
 
 
 def test_interactive_session_arm_full_and_run(vm_dir, tmp_path):
@@ -82,7 +97,7 @@ def test_interactive_session_arm_full_and_run(vm_dir, tmp_path):
         qemu.wait(timeout=30)
     assert "armed (full)" in out and "resume with 'ftrace-int3 run'" in out
     assert "ftrace-int3: guest exited" in out, out[-3000:]
-    m = re.search(r"ftrace-int3: events=(\d+) verified=(\d+) failed=0 missed=0", out)
+    m = re.search(r"ftrace-int3 report: PASS events=(\d+) verified=(\d+) failed=0 missed=0", out)
     assert m and int(m[2]) >= 20, out[-3000:]
     events, meta = report.load_events(str(log))
     assert meta["mode"] == "full"
@@ -99,7 +114,7 @@ def test_inject_patches_the_live_entry_and_off_restores_it(vm_dir, tmp_path):
         vmlinux = os.path.join(vm_dir, "vmlinux")
         # Where the entry's `jnz` is, from vmlinux (the guest has not booted yet).
         probe = gdb(vmlinux, "python from gdb_ftrace.gdb_layer import kernel; from gdb_ftrace.core import inject; "
-                    "k = kernel.info(); p, r = inject.gap_branch(k.disassemble(k.entry_name), k.read_text); "
+                    "k = kernel.info(); p, r = inject.gap_branch(k.disassemble(k.int3_entry_name), k.read_text); "
                     "print('JNZ', hex(p.addr), r.data.hex())")
         m = re.search(r"JNZ (0x[0-9a-f]+) ([0-9a-f]+)", probe)
         assert m, probe

@@ -55,6 +55,6 @@ def test_injected_fault_gives_its_verdict(vm_dir, tmp_path, mode):
         assert "guest console:" in stdout  # what the guest did next is reported
     if mode == "late-int3":
         assert s["failed"] == 0 and s["missed"] >= 1
-        assert "planted" in " ".join(hit[0].injected) and hit[0].next
+        assert hit[0].injected_by("late-int3") and "planted" in hit[0].injected[0].what and hit[0].followups
     # The kernel text we changed was put back (or the guest was already gone).
     assert meta.get("restored") is not None

@@ -16,9 +16,10 @@ import pytest
 from conftest import DATA
 
 from gdb_ftrace.core import batch, ftrace_era, insn, report
-from gdb_ftrace.core.insn import PokeEntry
+from gdb_ftrace.core.insn import PokeLoc
 from gdb_ftrace.core.layout import TEXT_POKE_LOC_V59, TEXT_POKE_LOC_V517, StructLayout
-from gdb_ftrace.core.verdict import Int3Event, judge
+from gdb_ftrace.core.event import Int3Event
+from gdb_ftrace.core.verdict import judge
 
 documented_layout = pytest.mark.documented_layout
 
@@ -34,8 +35,8 @@ def recorded_call():
     return ev
 
 
-def encode(layout: StructLayout, e: PokeEntry) -> bytes:
-    """The bytes a kernel of that era stores for entry `e` (inverse of insn.decode_entry)."""
+def encode(layout: StructLayout, e: PokeLoc) -> bytes:
+    """The bytes a kernel of that era stores for entry `e` (inverse of insn.decode_loc)."""
     buf = bytearray(layout.size)
 
     def put(name, value):
@@ -68,9 +69,9 @@ def test_v616_text_poke_array_inline_vector(recorded_call):
     smp_text_poke_loc, the v5.17+ field order), nr_entries follows it and is
     zeroed when the batch ends; refs are per CPU (text_poke_array_refs)."""
     d = batch.DESC_V616_ARRAY
-    e = recorded_call.entry
-    others = [PokeEntry(i, e.site - 0x1000 + 0x40 * i, insn.JMP32, 5, 0, insn.NOP5) for i in range(3)]
-    vec = [*others, PokeEntry(3, e.site, e.opcode, e.length, e.disp, e.text)]
+    e = recorded_call.loc
+    others = [PokeLoc(i, e.site - 0x1000 + 0x40 * i, insn.JMP32, 5, 0, insn.NOP5) for i in range(3)]
+    vec = [*others, PokeLoc(3, e.site, e.opcode, e.length, e.disp, e.text)]
     blob = bytearray(d.size)
     for i, pe in enumerate(vec):
         blob[d.vec_off + 16 * i:d.vec_off + 16 * (i + 1)] = encode(TEXT_POKE_LOC_V517, pe)
@@ -79,9 +80,9 @@ def test_v616_text_poke_array_inline_vector(recorded_call):
     live, nr, vec_addr = batch.parse_header(d, bytes(blob[:batch.header_read(d)]), DESC_ADDR)
     assert (live, nr, vec_addr) == (True, 4, DESC_ADDR)  # the vector is inside the descriptor
     b = batch.make_batch(live, nr, TEXT_POKE_LOC_V517, bytes(blob[:16 * nr]), STEXT)
-    found = insn.find_entry(b.entries, e.site)
+    found = insn.find_loc(b.locs, e.site)
     assert found.index == 3 and (found.opcode, found.length, found.disp) == (e.opcode, e.length, e.disp)
-    assert rejudge(recorded_call, entry=found, batch_nr=nr).verdict == "VERIFIED"
+    assert rejudge(recorded_call, loc=found, batch_nr=nr).verdict == "VERIFIED"
 
     # After the batch: nr_entries = 0, nothing is live or readable any more.
     struct.pack_into("<i", blob, d.nr_off, 0)
@@ -99,9 +100,9 @@ def test_v60_bp_desc_keeps_the_last_batch_for_a_late_int3(recorded_call):
     hdr = struct.pack("<Qii", 0xFFFF888004000000, 1, 0)  # refs == 0: finished
     live, nr, vec = batch.parse_header(d, hdr, DESC_ADDR)
     assert not live and batch.readable_count(nr, vec) == 1
-    b = batch.make_batch(live, nr, TEXT_POKE_LOC_V517, encode(TEXT_POKE_LOC_V517, recorded_call.entry), STEXT)
+    b = batch.make_batch(live, nr, TEXT_POKE_LOC_V517, encode(TEXT_POKE_LOC_V517, recorded_call.loc), STEXT)
     assert b.stale
-    late = rejudge(recorded_call, entry=None, stale_entry=b.entries[0], batch_nr=None, ret=0,
+    late = rejudge(recorded_call, loc=None, stale_loc=b.locs[0], batch_nr=None, ret=0,
                    after=dict(recorded_call.before), landing=None)
     assert late.verdict == "MISSED" and "batch that had just finished" in late.reasons[0]
     # The same int3 while refs != 0 is in the live batch.
@@ -120,11 +121,11 @@ def test_v56_bp_desc_pointer_and_v59_entry_without_len(recorded_call):
     assert d.is_pointer
     live, nr, vec = batch.parse_header(d, struct.pack("<Qii", 0xFFFF888004000000, 1, 1), DESC_ADDR)
     assert live and nr == 1 and vec == 0xFFFF888004000000
-    e = recorded_call.entry
+    e = recorded_call.loc
     raw = encode(TEXT_POKE_LOC_V59, e)
-    found = batch.make_batch(live, nr, TEXT_POKE_LOC_V59, raw, STEXT).entries[0]
+    found = batch.make_batch(live, nr, TEXT_POKE_LOC_V59, raw, STEXT).locs[0]
     assert (found.site, found.opcode, found.length, found.disp) == (e.site, 0xE8, 5, e.disp)
-    assert rejudge(recorded_call, entry=found).verdict == "VERIFIED"
+    assert rejudge(recorded_call, loc=found).verdict == "VERIFIED"
 
 
 # --- v5.2-v5.5: ftrace_int3_handler, no batch ---
@@ -135,7 +136,7 @@ REGS_CALLER = 0xFFFFFFFF81C01A50  # &ftrace_regs_caller (any address: only compa
 def ftrace_event(recorded, *, is_location=True, update_func=0, update_func_call=0, after_ip=None,
                  after_sp=None, pushed=None, ret=1):
     ev = copy.deepcopy(recorded)
-    ev.entry, ev.landing, ev.hw_frame, ev.hw_source = None, None, None, ""
+    ev.loc, ev.landing, ev.hw_frame, ev.hw_source = None, None, None, ""
     ev.handler = ftrace_era.HANDLER
     ev.ftrace = ftrace_era.FtraceState(1, is_location, update_func, update_func_call, REGS_CALLER).to_json()
     sp0 = ev.before["sp"]

@@ -5,14 +5,14 @@ import struct
 import pytest
 
 from gdb_ftrace.core import insn
-from gdb_ftrace.core.insn import CF, OF, PF, SF, ZF, PokeEntry, expected_effect
+from gdb_ftrace.core.insn import CF, OF, PF, SF, ZF, PokeLoc, expected_effect
 from gdb_ftrace.core.layout import TEXT_POKE_LOC_V59, TEXT_POKE_LOC_V517
 
 SITE = 0xFFFFFFFF81509644  # cmdline_proc_show+4 on 6.12.117 cloud (IBT: fentry at +4)
 
 
 def entry(opcode, length, disp, text=b"\x00" * 5):
-    return PokeEntry(0, SITE, opcode, length, disp, text)
+    return PokeLoc(0, SITE, opcode, length, disp, text)
 
 
 def test_call_pushes_site_plus_5_and_jumps_to_target():
@@ -64,7 +64,7 @@ def test_jcc_condition_from_saved_flags(cc, flags, taken):
 
 def test_jcc_d32_is_stored_as_jcc8_opcode_with_len_6():
     # text_poke_loc_init(): opcode = bytes[1] - 0x10, text = bytes[1..5], len 6.
-    e = PokeEntry(0, SITE, 0x74, 6, 0x100, bytes.fromhex("8400010000"))
+    e = PokeLoc(0, SITE, 0x74, 6, 0x100, bytes.fromhex("8400010000"))
     assert e.installed == bytes.fromhex("0f8400010000")
     assert insn.classify_bytes(e.installed) == "JE32"
     assert insn.rel_target(e.installed, SITE) == SITE + 6 + 0x100
@@ -79,29 +79,29 @@ def test_classify_bytes(hexbytes, kind):
     assert insn.classify_bytes(bytes.fromhex(hexbytes)) == kind
 
 
-def test_decode_entry_v517_layout_recorded_bytes():
+def test_decode_loc_v517_layout_recorded_bytes():
     # A CALL entry as the 6.12 kernel stored it: rel_addr, disp, len, opcode, text, old.
     stext = 0xFFFFFFFF81000000
     raw = struct.pack("<iiBB5sB", SITE - stext, -0x478B29, 5, 0xE8, bytes.fromhex("e8d774b8ff"), 0xE8)
-    e = insn.decode_entry(TEXT_POKE_LOC_V517, raw, 0, 0, stext)
+    e = insn.decode_loc(TEXT_POKE_LOC_V517, raw, 0, 0, stext)
     assert (e.site, e.opcode, e.length, e.disp) == (SITE, 0xE8, 5, -0x478B29)
     assert insn.rel_target(e.installed, SITE) == SITE + 5 - 0x478B29 == 0xFFFFFFFF81090B20  # ftrace_caller
 
 
-def test_decode_entry_v59_v516_layout_derives_len_from_opcode():
+def test_decode_loc_v59_v516_layout_derives_len_from_opcode():
     """Built from the v5.9-v5.16 documented layout (no `len`, `rel32` instead of
     `disp`), not recorded from a kernel of that era."""
     stext = 0xFFFFFFFF81000000
     raw = struct.pack("<iiB5sB", 0x1234, 0x40, 0xEB, bytes.fromhex("eb40000000"), 0x0F)
-    e = insn.decode_entry(TEXT_POKE_LOC_V59, raw, 0, 3, stext)
+    e = insn.decode_loc(TEXT_POKE_LOC_V59, raw, 0, 3, stext)
     assert (e.index, e.site, e.opcode, e.length, e.disp) == (3, stext + 0x1234, 0xEB, 2, 0x40)
     assert expected_effect(e, e.site, 0, None).ip == e.site + 2 + 0x40
 
 
-def test_find_entry_exact_address_only():
-    es = [PokeEntry(i, SITE + 16 * i, insn.JMP32, 5, 0, insn.NOP5) for i in range(4)]
-    assert insn.find_entry(es, SITE + 32).index == 2
-    assert insn.find_entry(es, SITE + 33) is None
+def test_find_loc_exact_address_only():
+    es = [PokeLoc(i, SITE + 16 * i, insn.JMP32, 5, 0, insn.NOP5) for i in range(4)]
+    assert insn.find_loc(es, SITE + 32).index == 2
+    assert insn.find_loc(es, SITE + 33) is None
 
 
 def test_site_tables_decode_relative_entries():

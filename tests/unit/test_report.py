@@ -72,13 +72,13 @@ def test_load_events_survives_a_cut_last_line(tmp_path):
 
 
 def test_an_entry_without_its_return_becomes_incomplete(tmp_path):
-    """gdb writes an 'entry' record at the handler entry and the 'event' at its return;
+    """gdb writes a 'handler_entry' record at the handler entry and the 'event' at its return;
     a run cut between the two still reports the entry."""
     import json
 
     lines = [l for l in open(RECORDED).read().splitlines() if '"record": "event"' in l]
     last = json.loads(lines[-1])
-    entry = dict(last, record="entry", ret=None, after=None, pushed=None, verdict="", reasons=[], expected=None)
+    entry = dict(last, record="handler_entry", ret=None, after=None, pushed=None, verdict="", reasons=[], expected=None)
     p = tmp_path / "cut.jsonl"
     p.write_text("\n".join(lines[:-1] + [json.dumps(entry)]) + "\n")
     events, _ = report.load_events(str(p))
@@ -98,11 +98,12 @@ def test_table_limit_keeps_every_fail_row():
 
 
 def test_missed_hints_name_the_class():
-    from gdb_ftrace.core.verdict import Int3Event, finalize
+    from gdb_ftrace.core.event import DIE, KPROBE, FollowUp, Int3Event
+    from gdb_ftrace.core.verdict import finalize
 
     stale = Int3Event(seq=1, cpu=1, regs_addr=0x1000, before={"ip": 0x2001, "sp": 0x3000, "cs": 0x10},
                       site=0x2000, site_bytes=b"\xe8\x00\x00\x00\x00", ret=0, after={"ip": 0x2001, "sp": 0x3000})
-    stale.next = ["kprobe_int3_handler returned 0: nobody owns this int3", "die() was called"]
+    stale.followups = [FollowUp(KPROBE, {"ret": 0, "ip": 0x2001, "rewound": False}), FollowUp(DIE)]
     finalize(stale)
     assert stale.verdict == "MISSED"
     hints = report.missed_hints([stale], "tcg-multi")

@@ -11,7 +11,8 @@ import pytest
 from conftest import DATA
 
 from gdb_ftrace.core import report, verdict
-from gdb_ftrace.core.verdict import Int3Event, finalize, judge
+from gdb_ftrace.core.event import Int3Event
+from gdb_ftrace.core.verdict import finalize, judge
 
 RECORDED = os.path.join(DATA, "livepatch-trace-6.12.117-cloud.jsonl")
 
@@ -244,4 +245,4 @@ def test_trace_all_excerpt_rejudges_and_covers_the_kinds():
     assert {"CALL", "NOP", "JMP"} <= kinds
     assert any(ev.target_sym == "ftrace_ops trampoline (function_trace_call)" for ev in events)
     assert {ev.hw_source for ev in events} == {"entry", "gap"}
-    assert any(not ev.deep for ev in events) and any(ev.landing for ev in events)
+    assert any(not ev.in_sample for ev in events) and any(ev.landing for ev in events)

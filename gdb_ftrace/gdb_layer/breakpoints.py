@@ -1,0 +1,72 @@
+"""The checker's internal breakpoints, some of which come and go.
+
+A breakpoint's stop() runs a callback and returns its result: False lets
+the guest run on, True makes a real stop. An exception in a callback (a
+checker bug) never stops the guest: it is kept in `errors` and printed. A switched breakpoint is enabled
+only while its `wanted()` says so; gdb forbids changing breakpoints inside
+stop(), so a callback returns True when one is out of date and the driver
+loop calls sync() at the real stop.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable
+
+import gdb
+
+MAX_ERRORS = 50
+
+
+class _Bp(gdb.Breakpoint):
+    def __init__(self, addr: int, callback: Callable[[], bool], enabled: bool) -> None:
+        super().__init__(f"*{addr:#x}", type=gdb.BP_BREAKPOINT, internal=True)
+        self.silent, self.enabled, self._callback = True, enabled, callback
+
+    def stop(self) -> bool:
+        return bool(self._callback())
+
+
+class BreakpointSet:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self._all: list[_Bp] = []
+        self._switched: list[tuple[_Bp, Callable[[], bool]]] = []
+
+    def _guard(self, fn: Callable[[], bool]) -> Callable[[], bool]:
+        def run() -> bool:
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - a checker bug must not stop the guest
+                if len(self.errors) < MAX_ERRORS:
+                    self.errors.append(f"{type(e).__name__}: {e}")
+                    traceback.print_exc(file=sys.stderr)
+                return False
+        return run
+
+    def add(self, addr: int, callback: Callable[[], bool], wanted: Callable[[], bool] | None = None) -> None:
+        bp = _Bp(addr, self._guard(callback), enabled=wanted() if wanted else True)
+        self._all.append(bp)
+        if wanted is not None:
+            self._switched.append((bp, wanted))
+
+    def __bool__(self) -> bool:
+        return bool(self._all)
+
+    def delete_all(self) -> None:
+        for bp in self._all:
+            if bp.is_valid():
+                bp.delete()
+        self._all.clear()
+        self._switched.clear()
+
+    def out_of_date(self) -> bool:
+        return any(bp.enabled != wanted() for bp, wanted in self._switched)
+
+    def sync(self) -> bool:
+        """Enable/disable the switched breakpoints as wanted; True when one changed."""
+        changed = [bp for bp, wanted in self._switched if bp.is_valid() and bp.enabled != wanted()]
+        for bp in changed:
+            bp.enabled = not bp.enabled
+        return bool(changed)

@@ -1,0 +1,215 @@
+"""core.tracker on stop streams recorded from live runs (`scripts/ftrace-int3-check
+--stops FILE`, 6.12.117+deb12 cloud kernel under QEMU), each next to the event
+log gdb wrote in the same run: replaying the stops must give exactly the events
+the live checker gave. Then the pairing rules, one by one, on records taken
+from those streams."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+
+import pytest
+from conftest import DATA
+
+from gdb_ftrace.core import report
+from gdb_ftrace.core import tracker as T
+from gdb_ftrace.core.event import DIE, KPROBE, NESTED, REPEAT
+from gdb_ftrace.core.mode import CheckMode
+
+NAMES = ("site_sym", "site_kind", "target_sym")  # given by the gdb layer from the symbols
+
+# stream name -> (mode, sample, file suffix); the event log of the same run is events-NAME.
+STREAMS = {
+    "livepatch-trace-6.12.117-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
+    # ACCEL=tcg-multi TOGGLES=1000: two duplicate stops and a late int3 the kernel died on
+    "tcg-multi-6.12.117-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
+    # INJECT=skip-call: the pre-seed handler's behaviour at every CALL being installed
+    "inject-skip-call-6.12.117-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
+}
+
+
+def _path(kind: str, name: str) -> str:
+    return os.path.join(DATA, f"{kind}-{name}{STREAMS[name][2]}")
+
+
+def load_stops(name: str) -> list:
+    with (gzip.open if _path("stops", name).endswith(".gz") else open)(_path("stops", name), "rt") as f:
+        return [T.stop_from_json(json.loads(line)) for line in f]
+
+
+def replay(name: str, mode=None, sample=None) -> T.Tracker:
+    m, s, _ = STREAMS[name]
+    t = T.Tracker(mode or m, s if sample is None else sample, "poke_int3_handler")
+    t.replay(load_stops(name))
+    t.close()
+    return t
+
+
+def comparable(ev) -> dict:
+    d = ev.to_json()
+    for k in NAMES:
+        d.pop(k)
+    return d
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_replay_gives_the_live_events(name):
+    live, meta = report.load_events(_path("events", name))
+    t = replay(name)
+    assert [e.seq for e in t.events] == [e.seq for e in live]
+    for got, want in zip(t.events, live):
+        assert comparable(got) == comparable(want), got.seq
+    assert t.stats.to_json() == meta["stats"]
+
+
+def test_default_scenario_stream_pairs_every_stop():
+    t = replay("livepatch-trace-6.12.117-cloud-full")
+    s = t.stats
+    assert s.duplicate_stops == 0 and s.unmatched_returns == 0 and s.max_depth == 1
+    kernel = [e for e in t.events if not e.before["cs"] & 3]
+    assert s.int3_entry_stops == len(kernel) and all(e.hw_source == "entry" for e in kernel)
+    emulated = [e for e in t.events if e.ret == 1]
+    assert len(emulated) >= 100 and all(e.landing is not None for e in emulated)
+    assert {e.verdict for e in t.events} == {"VERIFIED", "OTHER"}
+
+
+def test_multithreaded_tcg_stream_has_duplicates_and_a_missed():
+    t = replay("tcg-multi-6.12.117-cloud-full")
+    assert t.stats.duplicate_stops > 0
+    missed = [e for e in t.events if e.verdict == "MISSED"]
+    assert missed and all(e.loc is None for e in missed)  # late: after the batch had finished
+    assert not [e for e in t.events if e.verdict in ("WRONG-TARGET", "WRONG-RETURN", "WRONG-STACK",
+                                                       "GAP-VIOLATION", "WRONG-LANDING", "UNEXPECTED-EMULATION")]
+
+
+def test_duplicates_are_not_counted_as_events():
+    """Feeding every stop of the multi-threaded TCG stream twice in a row changes nothing
+    but the duplicate count: a second report of the same hit is not a nested int3."""
+    stops = load_stops("tcg-multi-6.12.117-cloud-full")
+    once = T.Tracker(CheckMode.FULL, 0).replay(stops)
+    twice = T.Tracker(CheckMode.FULL, 0)
+    for s in stops:
+        twice.feed(s)
+        if isinstance(s, (T.HandlerEntryStop, T.Int3EntryStop)):
+            twice.feed(s)
+    once.close()
+    twice.close()
+    assert [comparable(e) for e in twice.events] == [comparable(e) for e in once.events]
+    extra = sum(isinstance(s, (T.HandlerEntryStop, T.Int3EntryStop)) for s in stops)
+    assert twice.stats.duplicate_stops == once.stats.duplicate_stops + extra
+
+
+def test_injected_fault_stream_gives_wrong_target():
+    t = replay("inject-skip-call-6.12.117-cloud-full")
+    bad = [e for e in t.events if e.verdict == "WRONG-TARGET"]
+    assert bad and all(e.injected_by("skip-call") and e.expected.kind == "CALL" for e in bad)
+    assert all(e.after["ip"] == e.site + 5 for e in bad)
+
+
+def _first(stops, cls, pred=lambda s: True):
+    return next(s for s in stops if isinstance(s, cls) and pred(s))
+
+
+@pytest.fixture(scope="module")
+def stops():
+    return load_stops("livepatch-trace-6.12.117-cloud-full")
+
+
+def test_a_run_cut_after_the_handler_entry_is_incomplete(stops):
+    entry = _first(stops, T.HandlerEntryStop, lambda s: s.batch.live)
+    t = T.Tracker(CheckMode.FULL, 0)
+    t.feed(entry)
+    assert t.events == [] and len(t.open_events()) == 1
+    t.close()
+    assert [e.verdict for e in t.events] == ["INCOMPLETE"]
+
+
+def test_an_emulated_int3_waits_for_its_landing_then_closes_without_one(stops):
+    i = next(i for i, s in enumerate(stops) if isinstance(s, T.HandlerReturnStop) and s.rax == 1)
+    entry = next(s for s in reversed(stops[:i]) if isinstance(s, T.HandlerEntryStop) and s.cpu == stops[i].cpu)
+    t = T.Tracker(CheckMode.FULL, 0)
+    t.feed(entry)
+    t.feed(stops[i])
+    assert t.events == [] and t.wants_iret_stops()
+    assert not t.feed(T.IretStop(entry.cpu, 0x1234))  # another frame's iretq
+    assert t.feed(T.IretStop(entry.cpu, entry.regs_addr + T.PT_REGS_IP))  # ours: step it
+    t.close()
+    assert t.events[0].landing is None and "run ended" in t.events[0].landing_note
+    # In handler mode the same pair is finished at once.
+    h = T.Tracker(CheckMode.HANDLER, 0)
+    h.feed(entry)
+    h.feed(stops[i])
+    assert len(h.events) == 1 and not h.wants_iret_stops()
+
+
+def test_nested_int3_is_a_followup_of_the_outer_one(stops):
+    outer = _first(stops, T.HandlerEntryStop, lambda s: s.batch.live)
+    inner = dataclasses.replace(outer, rsp=outer.rsp - 0x400, regs_addr=outer.regs_addr - 0x400)
+    t = T.Tracker(CheckMode.HANDLER, 0)
+    t.feed(outer)
+    t.feed(inner)
+    # The outer handler returns first in the stream order here: the inner one is orphaned.
+    t.feed(T.HandlerReturnStop(outer.cpu, outer.rsp + 8, 1, {"ip": 0, "sp": outer.regs["sp"]}))
+    assert t.stats.max_depth == 2
+    ev_outer = next(e for e in t.events if e.seq == 1)
+    fu = ev_outer.followup(NESTED)
+    assert fu is not None and fu["seq"] == 2 and fu["depth"] == 2
+    assert next(e for e in t.events if e.seq == 2).verdict == "INCOMPLETE"
+
+
+def test_a_return_pairs_by_rsp_not_by_order(stops):
+    e = _first(stops, T.HandlerEntryStop, lambda s: s.batch.live)
+    t = T.Tracker(CheckMode.HANDLER, 0)
+    t.feed(e)
+    t.feed(T.HandlerReturnStop(e.cpu, e.rsp + 16, 1))  # not 8 above the entry's rsp
+    assert t.stats.unmatched_returns == 1 and t.events == []
+    assert t.open_event_for_return(e.cpu, e.rsp + 8) is not None
+    assert t.open_event_for_return(e.cpu + 1, e.rsp + 8) is None  # per vCPU
+
+
+def test_unhandled_int3_followups_kprobe_die_repeat(stops):
+    e = _first(stops, T.HandlerEntryStop, lambda s: s.batch.live)
+    late = dataclasses.replace(e, batch=dataclasses.replace(e.batch, live=False, stale=True))
+    t = T.Tracker(CheckMode.HANDLER, 0)
+    for n in range(2):
+        t.feed(late)
+        t.feed(T.HandlerReturnStop(e.cpu, e.rsp + 8, 0, {"ip": e.regs["ip"], "sp": e.regs["sp"]}))
+        site = t.events[-1].site
+        t.feed(T.KprobeReturnStop(e.cpu, 1 if n == 0 else 0, site))
+    first, second = t.events
+    assert first.verdict == second.verdict == "MISSED"
+    assert first.followup(KPROBE).values == {"ret": 1, "ip": site, "rewound": True}
+    assert second.followup(REPEAT)["count"] == 2
+    assert second.followup(KPROBE)["ret"] == 0
+    t.feed(T.DieStop(e.cpu))
+    assert second.has_followup(DIE)
+    t.feed(T.DieStop(e.cpu + 1))
+    assert t.stats.foreign_dies == [e.cpu + 1]
+
+
+def test_sampling_keeps_full_checks_for_the_first_n_of_each_batch():
+    full = replay("livepatch-trace-6.12.117-cloud-full")
+    sampled = replay("livepatch-trace-6.12.117-cloud-full", sample=1)
+    # The same int3s with the same verdicts; those past the sample do not wait for a landing.
+    verdicts = {e.seq: e.verdict for e in full.events}
+    assert {e.seq: e.verdict for e in sampled.events} == verdicts
+    assert sampled.stats.sampled_out > 0
+    out = [e for e in sampled.events if not e.in_sample]
+    assert out and all(e.landing is None for e in out)
+
+
+def test_stop_records_roundtrip_through_json(stops):
+    kinds = set()
+    for s in stops:
+        kinds.add(type(s))
+        assert T.stop_from_json(json.loads(json.dumps(T.stop_to_json(s)))) == s
+    assert {T.Int3EntryStop, T.HandlerEntryStop, T.HandlerReturnStop, T.IretStop, T.LandingStop} <= kinds
+
+
+def test_handler_return_value_is_a_signed_int():
+    assert T.handler_return_value(1) == 1
+    assert T.handler_return_value(0xFFFFFFFF) == -1
+    assert T.handler_return_value(0xDEAD00000000) == 0
