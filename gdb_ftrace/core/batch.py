@@ -1,7 +1,8 @@
 """The in-flight text-patch batch: where it lives in each era, and whether it is live.
 
 Pure: the gdb layer reads the descriptor's bytes and the vector's bytes; this
-module says what to read and what it means (kernel-notes.md, Table 2):
+module says what to read and what it means (struct bp_patching_desc / smp_text_poke_array
+in arch/x86/kernel/alternative.c of each era; docs/eras.md):
 
   era          descriptor                                      live when
   v5.6-v5.19   static struct bp_patching_desc *bp_desc         bp_desc != NULL

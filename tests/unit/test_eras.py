@@ -1,4 +1,4 @@
-"""One test set per kernel era the checker knows (kernel-notes.md, Tables 1-2).
+"""One test set per kernel era the checker knows (docs/eras.md; the handlers in arch/x86/kernel/alternative.c and ftrace.c).
 
 Booted and recorded here: v6.0-v6.15 (6.12.117 and 6.1.0-56 Debian cloud
 kernels, tests/data). The other eras have no kernel we can boot on this

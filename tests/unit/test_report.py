@@ -6,7 +6,7 @@ import os
 from conftest import DATA
 
 from gdb_ftrace.core import report
-from gdb_ftrace.core.verdict import judge
+from gdb_ftrace.core.verdict import finalize, judge
 
 RECORDED = os.path.join(DATA, "livepatch-trace-6.12.117-cloud.jsonl")
 SERIAL = os.path.join(DATA, "serial-livepatch-trace-6.12.117-cloud.log")
@@ -110,3 +110,44 @@ def test_missed_hints_name_the_class():
     assert "after the batch covering the site had finished" in hints[0] and "die()" in hints[0]
     assert "multi-threaded TCG" in hints[1]
     assert report.missed_hints([stale], "tcg-single")[1:] == []
+
+
+def test_no_verdict_or_hint_depends_on_the_words(monkeypatch):
+    """Follow-ups and injections are data: rewording them changes no verdict, kind or hint."""
+    from gdb_ftrace.core import verdict
+    from gdb_ftrace.core.event import DIE, KPROBE, FollowUp, Injection, Int3Event
+
+    def late(*followups, injected=()):
+        ev = Int3Event(seq=1, cpu=1, regs_addr=0x1000, before={"ip": 0x2001, "sp": 0x3000, "cs": 0x10},
+                       site=0x2000, site_bytes=b"\xe8\x00\x00\x00\x00", ret=0,
+                       after={"ip": 0x2001, "sp": 0x3000}, followups=list(followups), injected=list(injected))
+        return finalize(ev)
+
+    cases = [late(FollowUp(KPROBE, {"ret": 1, "ip": 0x2000, "rewound": True})),
+             late(FollowUp(KPROBE, {"ret": 0, "ip": 0x2001, "rewound": False}), FollowUp(DIE)),
+             late(injected=[Injection("late-int3", "planted")])]
+    before = [(verdict.other_kind(e), report.missed_hints([e])) for e in cases]
+    monkeypatch.setattr(report, "followup_words", lambda fu: "reworded")
+    for e in cases:
+        e.injected = [Injection(i.mode, "reworded") for i in e.injected]
+    assert [(verdict.other_kind(e), report.missed_hints([e])) for e in cases] == before
+    assert "rewound regs->ip" in before[0][1][0] and "died on it" in before[1][1][0]
+    assert "INJECT=late-int3" in before[2][1][0]
+    ok = late(FollowUp(KPROBE, {"ret": 1, "ip": 0x2000, "rewound": False}))
+    ok.ret, ok.site_bytes = 0, b"\xcc"
+    finalize(ok)
+    assert ok.verdict == "OTHER" and verdict.other_kind(ok) == "kprobe"
+
+
+def test_render_is_the_one_report():
+    events = _events()
+    guest = report.parse_console(open(SERIAL).read())
+    lines, s = report.render(events, guest, rows=5)
+    assert lines[0].splitlines()[0].split()[:2] == ["site", "what"]
+    assert lines[1].startswith("checked: CPU frame from the int3 entry")
+    assert s.line() == "ftrace-int3 check: PASS verified=234 failed=0 missed=0 other=1 guest_unpatched=0"
+    lines_gdb, s_gdb = report.render(events, rows=5)  # inside gdb: no guest console
+    assert lines_gdb == lines
+    assert s_gdb.line() == "ftrace-int3 report: PASS events=235 verified=234 failed=0 missed=0 other=1"
+    _, bad = report.render(events, problems=["checker error: boom"])
+    assert bad.line().startswith("ftrace-int3 report: FAIL")
