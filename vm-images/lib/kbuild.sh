@@ -125,10 +125,10 @@ kbuild_btf() {
 # SRC-DIR (its Kbuild and sources, copied into BUILD-DIR, emptied first)
 # against the kernel build directory KDIR, with kbuild_args; make's output
 # goes to LOG. WHAT and AGAINST name the module and the kernel in the log.
-# Returns 1, after showing the end of LOG, when the build fails.
+# Returns 1 when the build fails: the caller decides whether that ends the run.
 kbuild_module() {
 	local what=$1 against=$2 kdir=$3 src=$4 bdir=$5 blog=$6
 	log "building the $what module against $against"
 	{ rm -rf "$bdir" && mkdir -p "$bdir" && cp "$src"/* "$bdir/"; } || return 1
-	make -s -C "$kdir" M="$bdir" "${kbuild_args[@]}" modules >"$blog" 2>&1 || { tail -20 "$blog" >&2; return 1; }
+	make -s -C "$kdir" M="$bdir" "${kbuild_args[@]}" modules >"$blog" 2>&1
 }
