@@ -8,7 +8,9 @@ behind a cached VM for a whole release: on a fresh machine build-vm died with
 These tests give the helpers inputs larger than a pipe.
 """
 
+import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -79,11 +81,12 @@ def test_field_of_reads_all_of_a_long_input():
 
 
 def test_build_vm_has_no_early_exit_reader_on_a_pipe():
-    """The pattern itself, anywhere in the shell that runs under pipefail."""
-    import re
+    """The pattern itself, anywhere in the shell that runs under pipefail (build-vm and every lib it sources)."""
     bad = re.compile(r"\|\s*(grep\b[^|]*(-m\s*1|-q\b|--max-count)|head\b|sed -n [^|]*;q)")
     hits = []
-    for rel in ("vm-images/build-vm", "vm-images/lib/deb.sh", "scripts/setup-host"):
+    libs = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "vm-images", "lib", "*.sh")))
+    assert {"vm-images/lib/deb.sh", "vm-images/lib/apt.sh", "vm-images/lib/kbuild.sh"} <= set(libs), libs
+    for rel in ("vm-images/build-vm", *libs, "scripts/setup-host"):
         for n, line in enumerate(open(os.path.join(ROOT, rel)), 1):
             if not line.lstrip().startswith("#") and bad.search(line):
                 hits.append(f"{rel}:{n}: {line.strip()}")

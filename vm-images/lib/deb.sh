@@ -1,4 +1,5 @@
-# Sourced by vm-images/build-vm (and tests/unit/test_shell_pipes.py): helpers on .deb files.
+# shellcheck shell=bash
+# Sourced by vm-images/build-vm (used by lib/apt.sh) and tests/unit/test_shell_pipes.py: helpers on .deb files.
 # Callers run under `set -euo pipefail`, so a reader that stops early (grep -m1,
 # head, grep -q) would make the writer die of SIGPIPE and fail the pipeline:
 # every reader here consumes its whole input.

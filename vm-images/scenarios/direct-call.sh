@@ -38,6 +38,9 @@ toggle_direct() {
 }
 
 run_scenario() {
+	# build-vm leaves /lib/$DIRECT.unavailable (the reason) when the module does not
+	# build for this kernel; fail (/init's) so that the reason is the last ERROR.
+	[ -f /lib/$DIRECT.ko ] || fail "scenario direct-call is unavailable on this kernel: $(cat /lib/$DIRECT.unavailable 2>/dev/null || echo "/lib/$DIRECT.ko is missing")"
 	grep -qw vfs_read $TRACING/available_filter_functions ||
 		{ say "ERROR vfs_read is not traceable"; return 1; }
 	start_cmdline_reader || return 1

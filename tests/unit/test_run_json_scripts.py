@@ -1,0 +1,80 @@
+"""scripts/soak-check and scripts/bench-stops read each run's run.json, the driver's record of a run."""
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PASS_LINE = "ftrace-int3 check: PASS verified=55 failed=0 missed=0 other=1 guest_unpatched=0"
+FAIL_LINE = "ftrace-int3 check: FAIL verified=50 failed=1 missed=0 other=1 guest_unpatched=0"
+
+
+def load(script):
+    loader = importlib.machinery.SourceFileLoader(script.replace("-", "_"), os.path.join(ROOT, "scripts", script))
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(mod)
+    return mod
+
+
+def run_json(tmp_path, **kw):
+    """A run.json as scripts/ftrace-int3-check writes it (same keys)."""
+    rec = {"gdb": "armed", "accel": "tcg-single", "mode": "full", "sample": 0, "inject": None, "toggles": 4,
+           "scenario": "livepatch-trace", "wall_s": 9.836, "ended": "finished", "events": 56, "reads": 6343,
+           "unpatched": 0, "kernel": "6.12.117+deb12-cloud-amd64", "summary": PASS_LINE, **kw}
+    (tmp_path / "run.json").write_text(json.dumps(rec))
+    return str(tmp_path)
+
+
+def test_soak_pass_is_decided_by_run_json_not_stdout(tmp_path):
+    soak = load("soak-check")
+    out = run_json(tmp_path)
+    rec = soak.read_run(out)
+    # stdout says nothing useful: the verdict and the printed summary come from run.json.
+    lines = soak.run_lines(1, 10, 12.34, 0, rec, "checked: CPU frame ...\nsomething else\n", out)
+    assert soak.passed(0, rec)
+    assert lines == [f"run  1/10:   12.3s rc=0 {PASS_LINE}", "         checked: CPU frame ..."]
+
+
+def test_soak_fail_from_run_json_shows_why_and_logs(tmp_path):
+    soak = load("soak-check")
+    out = run_json(tmp_path, summary=FAIL_LINE)
+    rec = soak.read_run(out)
+    stdout = f"WRONG-TARGET at x+0x4: expected a, seen b\nproblem: something\n{PASS_LINE}\n"
+    assert not soak.passed(0, rec), "run.json says FAIL: a PASS on stdout must not count"
+    lines = soak.run_lines(2, 10, 1.0, 1, rec, stdout, out)
+    assert lines[0].endswith(f"rc=1 {FAIL_LINE}")
+    assert lines[1:] == ["         WRONG-TARGET at x+0x4: expected a, seen b", "         problem: something",
+                         f"         logs: {out}"]
+
+
+def test_soak_no_run_json_is_a_fail(tmp_path):
+    soak = load("soak-check")
+    rec = soak.read_run(str(tmp_path))
+    assert rec is None and not soak.passed(0, rec)
+    lines = soak.run_lines(3, 3, 2.0, 2, rec, "ftrace-int3 check: FAIL verified=0 failed=0 missed=0 other=0 "
+                           "guest_unpatched=-1\n", str(tmp_path))
+    assert lines[0] == ("run  3/3:    2.0s rc=2 (no run.json) ftrace-int3 check: FAIL verified=0 failed=0 "
+                        "missed=0 other=0 guest_unpatched=-1")
+    assert lines[-1] == f"         logs: {tmp_path}"
+
+
+def test_bench_table_from_run_json_records():
+    bench = load("bench-stops")
+    assert bench.SETUP_NAMES == ("none", "attached", "handler", "landing", "full")
+    walls = {"none": (17.1, 15.2), "attached": (18.1, 16.5), "handler": (21.7, 21.5), "landing": (24.3, 22.7),
+             "full": (24.1, 23.5)}
+    events = {"none": 0, "attached": 0, "handler": 196, "landing": 194, "full": 228}
+    results = {m: [{"wall_s": w, "reads": 1000, "events": events[m], "kernel": "6.12.117+deb12-cloud-amd64"}
+                   for w in ws] for m, ws in walls.items()}
+    text = bench.report(results, 30, 2).splitlines()
+    assert text[0] == "command: scripts/bench-stops --toggles 30 --repeat 2"
+    assert text[1].startswith("kernel 6.12.117+deb12-cloud-amd64, scenario livepatch-trace, 30 toggles")
+    header, rule, rows = text[2], text[3], text[4:9]
+    assert header.split()[:2] == ["setup", "wall"] and set(rule) <= {"-", " "}
+    cells = {r.split()[0]: r.split() for r in rows}
+    assert cells["none"] == ["none", "17.1,", "15.2", "16.1", "1000", "0"]  # no cost for no checker
+    # full: (23.8 - 17.3) s / 228 int3s = 28.5 ms per int3, / 5 stops = 5.7 ms per stop
+    assert cells["full"][-2:] == ["28.5", "5.7"]
+    assert cells["handler"][-1] == "11.0"  # 21.9 ms / 2 stops
+    assert text[-1].endswith("(handler 2, landing 4, full 5)")
