@@ -8,6 +8,7 @@ MAKEFLAGS += --no-print-directory
 PY := /usr/bin/python3
 
 KERNEL   ?=
+KSRC     ?=
 SCENARIO ?= livepatch-trace
 TOGGLES  ?=
 ACCEL    ?= tcg-single
@@ -24,32 +25,37 @@ CHECK_ARGS = --scenario '$(SCENARIO)' $(if $(TOGGLES),--toggles '$(TOGGLES)') --
 
 RUNS     ?= 10
 
-.PHONY: help setup vm check soak bench test unit-test integration-test clean
+.PHONY: help setup vm check soak bench matrix test unit-test integration-test clean
 .DEFAULT_GOAL := help
 
 help:
 	@sed -n '2,3p' Makefile | sed 's/^# *//'
-	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>)"
+	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>, or KSRC=<kernel source dir or tarball>)"
 	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed"
 	@echo "  make soak    the check RUNS=$(RUNS) times in a row, one line per run"
+	@echo "  make matrix  the check on one kernel of each era (v5.4 from KSRC or ../shared/kernels, 5.10, 6.1, 6.12, 7.x)"
 	@echo "  make unit-test | integration-test"
-	@echo "variables: KERNEL SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault>"
+	@echo "variables: KERNEL KSRC SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault>"
 
 setup:
 	@scripts/setup-host
 
 vm: setup
-	@vm-images/build-vm $(KERNEL)
+	@vm-images/build-vm $(KERNEL) $(if $(KSRC),--ksrc '$(KSRC)')
 
 # Every way out of `check` ends with the summary line on stdout.
 check:
 	@scripts/setup-host || { echo "ftrace-int3 check: FAIL verified=0 failed=0 missed=0 other=0 guest_unpatched=-1"; exit 1; }
-	@$(PY) scripts/ftrace-int3-check --kernel '$(KERNEL)' $(CHECK_ARGS)
+	@$(PY) scripts/ftrace-int3-check --kernel '$(KERNEL)' $(if $(KSRC),--ksrc '$(KSRC)') $(CHECK_ARGS)
 
 # The same check RUNS times in a row (fresh boot each): no false FAIL may appear.
 soak: setup
-	@vm-images/build-vm $(KERNEL) >/dev/null
-	@$(PY) scripts/soak-check --runs '$(RUNS)' -- --kernel '$(KERNEL)' $(CHECK_ARGS)
+	@vm-images/build-vm $(KERNEL) $(if $(KSRC),--ksrc '$(KSRC)') >/dev/null
+	@$(PY) scripts/soak-check --runs '$(RUNS)' -- --kernel '$(KERNEL)' $(if $(KSRC),--ksrc '$(KSRC)') $(CHECK_ARGS)
+
+# The default check on one kernel of each era (v5.4 from source, 5.10, 6.1, 6.12, 7.x).
+matrix: setup
+	@$(PY) scripts/matrix $(if $(KSRC),--ksrc '$(KSRC)')
 
 # What the checker costs, side by side in one run: no gdb / gdb attached / armed.
 bench: setup

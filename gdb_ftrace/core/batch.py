@@ -96,3 +96,22 @@ def make_batch(live: bool, nr: int, loc: StructLayout, vec_bytes: bytes | None, 
     n = len(vec_bytes) // loc.size if vec_bytes else 0
     locs = decode_vector(loc, vec_bytes, n, stext) if n else []
     return Batch(live, nr, locs, stale=not live and bool(locs))
+
+
+def era_name(handlers: list[str], desc: DescLayout | dict | None, version: str = "") -> str:
+    """The kernel era the handlers and batch descriptor say (by what the kernel has,
+    never by its version number alone). `version` ("5.10.223", from linux_banner)
+    only tells a stable tree that got a later era's descriptor as a backport."""
+    if isinstance(desc, dict):
+        desc = DescLayout(**desc)
+    if "ftrace_int3_handler" in handlers:
+        return "v5.2-v5.5"
+    if "smp_text_poke_int3_handler" in handlers:
+        return "v6.16+"
+    if desc is not None and desc.is_pointer:
+        return "v5.6-v5.19"
+    major = version.split(".")[:2]
+    if len(major) == 2 and all(p.isdigit() for p in major) and (int(major[0]), int(major[1])) < (6, 0):
+        # efd608fa7403 (bp_desc a struct, v6.0) went to 5.10.148 and 5.15.72
+        return "v5.6-v5.19 (bp_desc struct backported from v6.0)"
+    return "v6.0-v6.15"

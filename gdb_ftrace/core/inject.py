@@ -52,6 +52,14 @@ def is_emulated_call(ret: int | None, opcode: int | None) -> bool:
     return bool(ret) and opcode == CALL
 
 
+def call_opcode(loc, ftrace: dict | None) -> int | None:
+    """The opcode the handler emulates at this event's site: the batch's (not for a
+    v5.3-v5.5 detour), or CALL at an fentry site under ftrace_int3_handler (v5.2-v5.5)."""
+    if loc is not None:
+        return None if loc.detour is not None else loc.opcode
+    return CALL if ftrace and ftrace.get("is_location") else None
+
+
 def skip_call(regs_addr: int, ip_off: int, sp_off: int, site: int, sp_before: int) -> list[Write]:
     """Undo an emulated CALL the way the pre-seed handler behaved: resume after the site."""
     return [Write(regs_addr + ip_off, _u64(site + CALL_INSN_SIZE), "regs->ip = site + 5 (call skipped)"),

@@ -25,8 +25,12 @@ CALL = 0xE8
 JMP32 = 0xE9
 JMP8 = 0xEB
 CALL_INSN_SIZE = 5
-NOP5 = bytes.fromhex("0f1f440000")  # x86_nops[5] on x86_64 (BYTES_NOP5)
+NOP5 = bytes.fromhex("0f1f440000")  # x86_nops[5] on x86_64 (BYTES_NOP5); P6_NOP5_ATOMIC before v5.15
 NOP2 = bytes.fromhex("6690")  # x86_nops[2]
+# Before v5.15 ftrace and jump labels installed ideal_nops[NOP_ATOMIC5], chosen at
+# boot by CPU: P6 (= NOP5) or, on AMD K8-family CPUs and QEMU's default qemu64,
+# K8_NOP5_ATOMIC (arch/x86/include/asm/nops.h of those trees).
+NOP5_K8_ATOMIC = bytes.fromhex("6666666690")
 
 MASK64 = (1 << 64) - 1
 
@@ -52,6 +56,7 @@ class PokeLoc:
     length: int  # bytes from the site to the next instruction
     disp: int  # displacement of the emulated instruction (signed)
     text: bytes  # the new bytes being written (as stored: see installed_bytes)
+    detour: int | None = None  # v5.3-v5.5: where the handler sends the CPU instead of emulating
 
     @property
     def installed(self) -> bytes:
@@ -61,16 +66,24 @@ class PokeLoc:
         return self.text[:self.length]
 
     def to_json(self) -> dict:
-        return {"index": self.index, "site": self.site, "opcode": self.opcode,
-                "len": self.length, "disp": self.disp, "text": self.text.hex()}
+        d = {"index": self.index, "site": self.site, "opcode": self.opcode,
+             "len": self.length, "disp": self.disp, "text": self.text.hex()}
+        if self.detour is not None:
+            d["detour"] = self.detour
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "PokeLoc":
-        return cls(d["index"], d["site"], d["opcode"], d["len"], d["disp"], bytes.fromhex(d["text"]))
+        return cls(d["index"], d["site"], d["opcode"], d["len"], d["disp"], bytes.fromhex(d["text"]),
+                   d.get("detour"))
 
 
 def decode_loc(layout: StructLayout, buf: bytes, base: int, index: int, stext: int) -> PokeLoc:
     """Decode one text_poke_loc at buf[base:]. `stext` is the address of _stext."""
+    if layout.has("detour"):  # v5.3-v5.5: {detour, addr, len, opcode[5]}: opcode holds the new bytes
+        text = layout.get_bytes(buf, "opcode", base)
+        return PokeLoc(index, layout.get(buf, "addr", base), text[0], layout.get(buf, "len", base), 0, text,
+                       detour=layout.get(buf, "detour", base))
     if layout.has("rel_addr"):
         site = (stext + layout.get(buf, "rel_addr", base)) & MASK64
     else:  # v5.3-v5.5: void *addr
@@ -112,7 +125,7 @@ def classify_bytes(b: bytes) -> str:
         return "RET"
     if op == INT3:
         return "INT3"
-    if b[:5] == NOP5:
+    if b[:5] in (NOP5, NOP5_K8_ATOMIC):
         return "NOP5"
     if b[:2] == NOP2:
         return "NOP2"
@@ -161,7 +174,7 @@ def jcc_taken(cc: int, flags: int) -> bool:
 class Expected:
     """The effect of a correct emulation."""
 
-    kind: str  # CALL, JMP, NOP, RET, Jcc name, INT3 (left alone), or BUG
+    kind: str  # CALL, JMP, NOP, RET, Jcc name, DETOUR (v5.3-v5.5), INT3 (left alone), or BUG
     emulate: bool  # True: the handler must consume the int3 (return 1)
     ip: int | None = None
     sp_delta: int = 0
@@ -180,6 +193,10 @@ def expected_effect(loc: PokeLoc, site: int, flags: int, stack_top: int | None) 
     """
     end = (site + loc.length) & MASK64
     op = loc.opcode
+    if loc.detour is not None:
+        # v5.3-v5.5 poke_int3_handler: no emulation, regs->ip = detour whatever is
+        # installed (a jump label's detour is the instruction after the site).
+        return Expected("DETOUR", True, ip=loc.detour, target=loc.detour)
     if op == INT3:
         return Expected("INT3", emulate=False)
     if op == CALL:

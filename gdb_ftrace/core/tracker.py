@@ -67,7 +67,8 @@ class HandlerEntryStop:
     cpu_refs: int | None = None  # v6.16+: this CPU's text_poke_array_refs
     stack_top: int | None = None  # [regs->sp], read when the site is a RET being installed
     injected: tuple[Injection, ...] = ()
-    ftrace: dict[str, Any] | None = None  # v5.2-v5.5: the FtraceState
+    ftrace: dict[str, Any] | None = None  # v5.2-v5.5 ftrace_int3_handler: the FtraceState
+    handler: str = ""  # which handler ('' : the tracker's default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +272,7 @@ class Tracker:
         self._seq += 1
         site = (s.regs["ip"] - 1) & MASK64
         ev = Int3Event(seq=self._seq, cpu=s.cpu, regs_addr=s.regs_addr, before=dict(s.regs), site=site,
-                       gap=list(s.gap), time_s=s.time_s, handler=self.handler, handler_rsp=s.rsp,
+                       gap=list(s.gap), time_s=s.time_s, handler=s.handler or self.handler, handler_rsp=s.rsp,
                        site_bytes=s.site_bytes, cpu_refs=s.cpu_refs, stack_top=s.stack_top,
                        injected=list(s.injected), ftrace=s.ftrace)
         frames = self._frames.get(s.cpu)

@@ -220,7 +220,7 @@ def other_kind(ev: Int3Event) -> str:
     """What an OTHER int3 was, from what was seen (never a FAIL)."""
     if ev.before.get("cs", 0) & 3:
         return "user-mode int3"
-    if ev.site_sym.startswith(("int3_selftest", "int3_magic")):
+    if ev.site_sym.startswith(("int3_selftest", "int3_magic")) or ev.site_kind == "int3 self-test":
         return "int3 self-test"
     if ev.expected is not None and ev.expected.kind == "INT3":
         return "int3 being installed"

@@ -10,6 +10,7 @@ the driver loop (runner.drive) steps over it and calls land().
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import gdb
@@ -41,21 +42,21 @@ class Checker:
                                  on_followup=self.log and self.log.followup)
         if self.log:
             self.log.meta(kernel=k.to_json(), armed_at=time.time(), mode=mode.value, sample=sample, inject=inject)
-        self.bps = BreakpointSet()
-        self.errors = self.bps.errors  # exceptions in the stop callbacks (checker bugs)
+        self.bps = BreakpointSet()  # bps.errors: exceptions in the stop callbacks (checker bugs)
 
     events = property(lambda self: self.tracker.events)
     armed = property(lambda self: bool(self.bps))
+    errors = property(lambda self: self.bps.errors)
 
     def arm(self) -> None:
         k, add, t = self.kinfo, self.bps.add, self.tracker
         if self.mode.stops_at_int3_entry:
             add(k.int3_entry, self.on_int3_entry, t.wants_int3_entry_stops)
-        add(k.handler, self.on_handler_entry)
-        for _caller, ret in k.returns:
-            add(ret, self.on_handler_return)
-        for _fn, ret in k.followups:
-            add(ret, self.on_kprobe_return)
+        for name, addr in k.handlers:
+            add(addr, functools.partial(self.on_handler_entry, name))
+        for ret, on in [(r, self.on_handler_return) for _, r in k.returns] + \
+                [(r, self.on_kprobe_return) for _, r in k.followups]:
+            add(ret, on)
         if k.die:
             add(k.die, lambda: self._feed(T.DieStop(vcpu_index())))
         if self.mode.follows_landing:
@@ -86,7 +87,7 @@ class Checker:
         rsp = reg("rsp")
         return self._feed(T.Int3EntryStop(vcpu_index(), rsp, tuple(u64s(mem.read(rsp, 8 * len(IRET_FRAME))))))
 
-    def on_handler_entry(self) -> bool:
+    def on_handler_entry(self, handler: str) -> bool:
         k, inj, done = self.kinfo, self.injector, []
         regs_addr, size = reg("rdi"), k.pt_regs.size
         buf = mem.read(regs_addr, size + 8 * len(GAP_WORDS))
@@ -95,15 +96,15 @@ class Checker:
         if inj is not None:
             done.append(inj.before_handler(site))
         site_bytes = mem.try_read(site, 8) or b""
-        batch = k.read_batch()
+        batch, ftrace = k.read_decision(handler, site)
         if inj is not None:
             inj.after_batch(batch)
         cpu = vcpu_index()
-        top = mem.try_read(regs["sp"], 8) if T.wants_stack_top(batch, site) else None
+        top = mem.try_read_u64(regs["sp"]) if T.wants_stack_top(batch, site) else None
         return self._feed(T.HandlerEntryStop(
             cpu, reg("rsp"), regs_addr, regs, tuple(u64s(buf[size:])), site_bytes, batch,
             round(time.monotonic() - self.t0, 6), k.read_cpu_refs(cpu),
-            int.from_bytes(top, "little") if top is not None else None, tuple(i for i in done if i)))
+            top, tuple(i for i in done if i), ftrace, handler))
 
     def on_handler_return(self) -> bool:
         cpu, rsp, rax, regs = vcpu_index(), reg("rsp"), reg("rax"), self.kinfo.pt_regs
@@ -113,8 +114,7 @@ class Checker:
         done = self.injector and self.injector.at_return(
             ev, T.handler_return_value(rax), regs.fields["ip"].offset, regs.fields["sp"].offset)
         after = decode_struct(regs, mem.read(ev.regs_addr, regs.size), 0, ("ip", "sp"))
-        word = mem.try_read(after["sp"], 8) if after["sp"] != ev.before["sp"] else None
-        pushed = int.from_bytes(word, "little") if word is not None else None
+        pushed = mem.try_read_u64(after["sp"]) if after["sp"] != ev.before["sp"] else None
         return self._feed(T.HandlerReturnStop(cpu, rsp, rax, after, pushed, (done,) if done else ()))
 
     def on_kprobe_return(self) -> bool:
@@ -131,8 +131,7 @@ class Checker:
             gdb.execute(f"thread {ev.cpu + 1}", to_string=True)
         try:
             gdb.execute("stepi", to_string=True)
-            sp, top = reg("rsp"), mem.try_read(reg("rsp"), 8)
-            stop = T.LandingStop(ev.cpu, reg("rip"), sp, int.from_bytes(top, "little") if top is not None else None)
+            stop = T.LandingStop(ev.cpu, reg("rip"), reg("rsp"), mem.try_read_u64(reg("rsp")))
         except gdb.error as e:
             stop = T.LandingStop(ev.cpu, error=str(e))
         done = self.injector and self.injector.after_landing(ev)

@@ -115,7 +115,7 @@ class Injector:
         """skip-call / wrong-return, at the handler's return, before the checker reads pt_regs."""
         if self.mode not in ("skip-call", "wrong-return"):
             return None
-        if not core.is_emulated_call(ret, ev.loc.opcode if ev.loc else None):
+        if not core.is_emulated_call(ret, core.call_opcode(ev.loc, ev.ftrace)):
             return None
         if self.mode == "skip-call":
             for w in core.skip_call(ev.regs_addr, ip_off, sp_off, ev.site, ev.before["sp"]):

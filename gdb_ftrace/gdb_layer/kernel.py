@@ -6,20 +6,23 @@ v5.6, arch/x86/kernel/ftrace.c; docs/eras.md):
   smp_text_poke_int3_handler + text_poke_array   v6.16+
   poke_int3_handler + bp_desc (struct)           v6.0 - v6.15 (and backports)
   poke_int3_handler + bp_desc (pointer)          v5.6 - v5.19
-  ftrace_int3_handler                            v5.2 - v5.5 (rules in core.ftrace_era;
-                                                 no live reader yet: refused)
+  ftrace_int3_handler + poke_int3_handler        v5.2 - v5.5: ftrace sites emulated as a
+                + bp_patching (detours)          CALL into ftrace_regs_caller (core.ftrace_era),
+                                                 other sites detoured (v5.3-v5.5)
 Everything is resolved lazily and cached until gdb loads a new objfile (cache.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 
 import gdb  # only this layer imports gdb
 
 from ..core.disasm import call_return_sites
 from ..core.errors import UserError
-from ..core.batch import Batch, DescLayout, header_read, make_batch, parse_header, readable_count
+from ..core.ftrace_era import FtraceState
+from ..core.batch import Batch, DescLayout, era_name, header_read, make_batch, parse_header, readable_count
 from ..core.insn import MASK64
 from ..core.layout import PT_REGS_X86_64, Field, StructLayout
 from ..core.mode import CheckMode
@@ -27,8 +30,9 @@ from . import mem
 from .cache import per_objfile
 
 HANDLERS = ("smp_text_poke_int3_handler", "poke_int3_handler")
+FTRACE_HANDLER = "ftrace_int3_handler"  # v5.2-v5.5, asked before poke_int3_handler
 CALLERS = ("exc_int3", "do_int3")
-DESCRIPTORS = ("text_poke_array", "bp_desc", "int3_desc")
+DESCRIPTORS = ("text_poke_array", "bp_desc", "int3_desc", "bp_patching")  # bp_patching: v5.3-v5.5
 LOC_TYPES = ("struct smp_text_poke_loc", "struct text_poke_loc")
 INT3_ENTRIES = ("asm_exc_int3", "int3")  # the IDT's int3 entry: v5.8+, before v5.8
 IRET = "native_irq_return_iret"  # the iretq every return to kernel mode takes
@@ -87,31 +91,31 @@ class KernelInfo:
     """Symbols and layouts of the kernel in gdb, resolved once."""
 
     def __init__(self) -> None:
-        if symbol_address("ftrace_int3_handler") is not None:
-            # v5.2-v5.5 (and the 4.14/4.19/5.0/5.1 stable backports): ftrace has its own
-            # int3 handler, asked before poke_int3_handler, whose v5.3-v5.4 batch holds
-            # detours, not instructions. Checked first so that such a kernel is named,
-            # not half-understood through its poke_int3_handler.
-            raise UserError(
-                "this kernel has ftrace_int3_handler (the v5.2-v5.5 era): its rules are in "
-                "gdb_ftrace/core/ftrace_era.py, but the live reader for that era is not written yet; "
-                "poke_int3_handler (v5.6-v6.15) and smp_text_poke_int3_handler (v6.16+) are supported")
+        # v5.2-v5.5 (and the 4.14/4.19/5.0/5.1 stable backports): ftrace has its own
+        # int3 handler, which do_int3 asks first while modifying_ftrace_code != 0;
+        # then poke_int3_handler, whose v5.3-v5.5 batch holds detours, not instructions.
+        self.ftrace_handler = symbol_address(FTRACE_HANDLER)
         self.handler_name = next((h for h in HANDLERS if symbol_address(h) is not None), None)
         if self.handler_name is None:
             raise UserError(
                 "no int3 text-patch handler found (looked for " + ", ".join(HANDLERS) +
                 "): is a vmlinux with symbols loaded? (file /path/to/vmlinux)")
         self.handler = symbol_address(self.handler_name)
+        # Every handler the int3 path asks, in the order it asks them.
+        self.handlers: list[tuple[str, int]] = [(self.handler_name, self.handler)]
+        if self.ftrace_handler is not None:
+            self.handlers.insert(0, (FTRACE_HANDLER, self.ftrace_handler))
         self.returns: list[tuple[str, int]] = []
         caller_code: dict[str, list] = {}
         for caller in CALLERS:
             if symbol_address(caller) is None:
                 continue
             caller_code[caller] = self.disassemble(caller)
-            for ret in call_return_sites(caller_code[caller], self.handler):
-                self.returns.append((caller, ret))
+            for _name, addr in self.handlers:
+                self.returns += [(caller, ret) for ret in call_return_sites(caller_code[caller], addr)]
         if not self.returns:
             raise UserError(f"found {self.handler_name} but no call to it in {', '.join(CALLERS)}")
+        self.returns.sort(key=lambda r: r[1])
         self.stext = symbol_address("_stext") or 0
         self.pt_regs = self._pt_regs_layout()
         self.loc_type = next((t for t in LOC_TYPES if self._has_type(t)), None)
@@ -147,9 +151,28 @@ class KernelInfo:
             caller = self.returns[0][0]
             self.followups = [("kprobe_int3_handler", r) for r in call_return_sites(caller_code[caller], kprobe)]
         self.die = symbol_address("die")
+        if self.ftrace_handler is not None:
+            names = ("modifying_ftrace_code", "ftrace_update_func", "ftrace_update_func_call", "ftrace_regs_caller")
+            missing = [n for n in names if symbol_address(n) is None]
+            if missing:
+                raise UserError(f"{FTRACE_HANDLER} found, but not {', '.join(missing)}: unknown v5.2-v5.5 layout")
+            (self.modifying_ftrace_code, self.ftrace_update_func, self.ftrace_update_func_call,
+             self.ftrace_regs_caller) = (symbol_address(n) for n in names)
         self.int3_entry_name = next((e for e in INT3_ENTRIES if symbol_address(e) is not None), None)
         self.int3_entry = symbol_address(self.int3_entry_name) if self.int3_entry_name else None
         self.iret = symbol_address(IRET)
+        self.version = self._version()
+        self.era = era_name([n for n, _ in self.handlers], self.desc, self.version)
+
+    def _version(self) -> str:
+        """The release in vmlinux's linux_banner ("Linux version 5.10.223 ..."), '' if unknown."""
+        addr = symbol_address("linux_banner")
+        try:
+            banner = self.read_text(addr, 160).split(b"\0")[0].decode(errors="replace") if addr else ""
+        except gdb.error:
+            return ""
+        m = re.match(r"Linux version (\d+\.\d+[^\s]*)", banner)
+        return m.group(1) if m else ""
 
     def require(self, mode: CheckMode) -> None:
         """Refuse a check mode whose stops this kernel's symbols do not have."""
@@ -176,15 +199,14 @@ class KernelInfo:
     def disassemble(func: str) -> list[tuple[int, int, str]]:
         """(address, length, text) of each instruction of `func`, from vmlinux."""
         start = symbol_address(func)
+        # The function's own block is the one right below the file's static block:
+        # the innermost block at `start` can be an inlined callee's (5.4's do_int3
+        # starts with an inlined atomic_read), whose end is not the function's.
         block = gdb.block_for_pc(start)
-        end = None
-        while block is not None:
-            if block.function is not None:
-                end = block.end
-                break
+        while block is not None and block.superblock is not None and \
+                not (block.superblock.is_static or block.superblock.is_global):
             block = block.superblock
-        if end is None:
-            end = start + 1024
+        end = block.end if block is not None and block.function is not None else start + 1024
         arch = gdb.selected_inferior().architecture()
         with _from_vmlinux():
             return [(i["addr"], i["length"], i["asm"]) for i in arch.disassemble(start, end - 1)]
@@ -204,15 +226,14 @@ class KernelInfo:
         return PT_REGS_X86_64
 
     def describe(self) -> list[tuple[str, str]]:
-        era = {"smp_text_poke_int3_handler": "v6.16+ (smp_text_poke_*)",
-               "poke_int3_handler": "v5.6-v6.15 (poke_int3_handler)"}[self.handler_name]
+        era = f"{self.era} ({', then '.join(n for n, _ in self.handlers)})"
         d = self.desc
         desc = f"{d.name} ({'pointer' if d.is_pointer else 'static struct'}" + \
             (", inline vec" if d.vec_inline else "") + (", refs" if d.refs_off is not None else "") + \
             (", keeps the last batch" if self.keeps_last_batch else "") + ")"
         return [
             ("era", era),
-            ("handler", f"{self.handler_name} at {self.handler:#x}"),
+            ("handler", ", ".join(f"{n} at {a:#x}" for n, a in self.handlers)),
             ("returns to", ", ".join(f"{c}+{r - symbol_address(c):#x} ({r:#x})" for c, r in self.returns)),
             ("then", ", ".join(f"{f} returns to {r:#x}" for f, r in self.followups) or "-"),
             ("batch descriptor", f"{desc} at {self.desc_addr:#x}"),
@@ -227,7 +248,8 @@ class KernelInfo:
         ]
 
     def to_json(self) -> dict:
-        return {"handler": self.handler_name, "handler_addr": self.handler,
+        return {"handler": self.handler_name, "handler_addr": self.handler, "handlers": self.handlers,
+                "era": self.era, "version": self.version,
                 "returns": [[c, r] for c, r in self.returns], "descriptor": self.desc.to_json(),
                 "desc_addr": self.desc_addr, "keeps_last_batch": self.keeps_last_batch,
                 "loc_type": self.loc_type, "loc_layout": self.loc.to_json(), "stext": self.stext,
@@ -240,6 +262,18 @@ class KernelInfo:
         base = mem.read_u64(self.per_cpu_offset + 8 * cpu)
         raw = mem.try_read((base + self.percpu_refs) & MASK64, 4)
         return int.from_bytes(raw, "little", signed=True) if raw is not None else None
+
+    def read_decision(self, handler: str, site: int) -> tuple[Batch, dict | None]:
+        """What `handler` decides an int3 at `site` by: the batch, or for
+        ftrace_int3_handler (v5.2-v5.5) the ftrace state (core.ftrace_era.FtraceState)."""
+        if handler != FTRACE_HANDLER:
+            return self.read_batch(), None
+        from . import symbols
+
+        st = FtraceState(mem.read_s32(self.modifying_ftrace_code), symbols.is_ftrace_location(site),
+                         mem.read_u64(self.ftrace_update_func), mem.read_u64(self.ftrace_update_func_call),
+                         self.ftrace_regs_caller)
+        return Batch(False, 0, []), st.to_json()
 
     def read_batch(self) -> Batch:
         """The batch the handler sees: one read for the descriptor, one for the vector."""

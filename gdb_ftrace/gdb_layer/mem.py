@@ -14,11 +14,21 @@ def read_u64(addr: int) -> int:
     return int.from_bytes(read(addr, 8), "little")
 
 
+def read_s32(addr: int) -> int:
+    return int.from_bytes(read(addr, 4), "little", signed=True)
+
+
 def try_read(addr: int, n: int) -> bytes | None:
     try:
         return read(addr, n)
     except gdb.MemoryError:
         return None
+
+
+def try_read_u64(addr: int) -> int | None:
+    """The word at addr, or None when unmapped."""
+    raw = try_read(addr, 8)
+    return int.from_bytes(raw, "little") if raw is not None else None
 
 
 def write(addr: int, data: bytes) -> None:

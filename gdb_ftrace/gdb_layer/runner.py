@@ -75,7 +75,7 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             c = checker.Checker(mode, json_path=json_path, sample=sample, inject=inject, stops_path=stops_path)
             c.arm()
             checker.active = c
-            _say(f"armed on {c.kinfo.handler_name} (mode {mode}"
+            _say(f"armed on {', '.join(n for n, _ in c.kinfo.handlers)} (mode {mode}"
                  + (f", injecting {inject}" if inject else "") + "); returns at "
                  + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
         _say(drive(c) + "; ending the check")

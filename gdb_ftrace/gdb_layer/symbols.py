@@ -4,6 +4,7 @@ direct calls by their ftrace_ops, module symbols (decoding in core.targets)."""
 from __future__ import annotations
 
 import re
+import time
 
 import gdb
 
@@ -177,10 +178,15 @@ class _SiteTables:
                 self.errors.append(f"cannot read {start}")
                 continue
             setattr(self, name, decode(buf, a))
+        self.ftrace_read_at = 0.0
+        self.read_ftrace()
+
+    def read_ftrace(self) -> None:
         try:
             self.ftrace = _ftrace_locations()
         except (gdb.error, ValueError) as e:
             self.errors.append(f"ftrace records: {e}")
+        self.ftrace_read_at = time.monotonic()
 
 
 def _ftrace_locations(max_pages: int = 100000) -> set[int]:
@@ -215,6 +221,18 @@ def _site_tables() -> _SiteTables:
     return _SiteTables()
 
 
+def is_ftrace_location(addr: int, max_age: float = 1.0) -> bool:
+    """ftrace_location(addr) != 0, from the guest's ftrace records. A miss re-reads
+    them (at most once per max_age seconds): modules add records after boot."""
+    tables = _site_tables()
+    if addr in tables.ftrace:
+        return True
+    if time.monotonic() - tables.ftrace_read_at > max_age:
+        tables.read_ftrace()
+        return addr in tables.ftrace
+    return False
+
+
 def site_kind(addr: int, site_sym: str) -> str:
     """'ftrace', 'jump label KEY', 'static_call NAME', or ''."""
     tables = _site_tables()
@@ -224,9 +242,19 @@ def site_kind(addr: int, site_sym: str) -> str:
     return kind
 
 
+def _is_int3_selftest(addr: int) -> bool:
+    """The boot-time int3 self-test's site. Where int3_selftest() is inlined (5.10
+    builds it into alternative_instructions), its site is the value of the init-data
+    word int3_selftest_ip, readable while the kernel boots (when it fires)."""
+    holder = symbol_address("int3_selftest_ip")
+    return holder is not None and mem.try_read_u64(holder) == addr
+
+
 def name_event(ev) -> None:
     """Name a finished Int3Event's site, the kind of site, and its emulated target."""
     ev.site_sym = vmlinux_symbol(ev.site)
     ev.site_kind = site_kind(ev.site, ev.site_sym)
+    if not ev.site_kind and ev.verdict == "OTHER" and _is_int3_selftest(ev.site):
+        ev.site_kind = "int3 self-test"
     if ev.expected and ev.expected.target is not None:
         ev.target_sym = name_target(ev.expected.target)

@@ -124,3 +124,20 @@ def test_site_tables_decode_relative_entries():
     assert sites.site_kind(call_site, "y", {}, {call_site: sck}, names) == "static_call preempt_schedule"
     assert sites.site_kind(5, "__SCT__pv_steal_clock", {}, {}, names) == "static_call pv_steal_clock (trampoline)"
     assert sites.site_kind(5, "cmdline_proc_show+0x4", {}, {}, names) == ""
+
+
+def test_the_k8_atomic_nop5_of_older_kernels_is_a_nop5():
+    # 5.10.0-32 under QEMU (qemu64, K8 nops) installs 66 66 66 66 90 at ftrace sites.
+    assert insn.classify_bytes(bytes.fromhex("6666666690")) == "NOP5"
+    assert insn.classify_bytes(bytes.fromhex("0f1f440000")) == "NOP5"
+    assert insn.classify_bytes(bytes.fromhex("6666669090")).startswith("?")
+
+
+def test_a_v54_detour_is_judged_as_a_detour():
+    """v5.3-v5.5 poke_int3_handler: regs->ip = tp->detour, no emulation (jump_label.c
+    sets detour = site + JUMP_LABEL_NOP_SIZE whatever is being installed)."""
+    site = 0xFFFFFFFF81234560
+    loc = insn.PokeLoc(0, site, 0xE9, 5, 0, bytes.fromhex("e910000000"), detour=site + 5)
+    exp = insn.expected_effect(loc, site, 0, None)
+    assert (exp.kind, exp.emulate, exp.ip, exp.sp_delta, exp.push) == ("DETOUR", True, site + 5, 0, None)
+    assert insn.PokeLoc.from_json(loc.to_json()) == loc

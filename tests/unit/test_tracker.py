@@ -28,6 +28,11 @@ STREAMS = {
     "tcg-multi-6.12.117-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
     # INJECT=skip-call: the pre-seed handler's behaviour at every CALL being installed
     "inject-skip-call-6.12.117-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
+    # v5.4.286 built from source (ftrace_int3_handler + poke_int3_handler detours), and with skip-call
+    "livepatch-trace-5.4.286-src-full": (CheckMode.FULL, 0, ".jsonl.gz"),
+    "inject-skip-call-5.4.286-src-full": (CheckMode.FULL, 0, ".jsonl.gz"),
+    # Debian 11's 5.10.0-32 (v5.6-v5.19: bp_desc pointer, K8 NOP5s)
+    "livepatch-trace-5.10.0-32-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
 }
 
 
@@ -42,7 +47,7 @@ def load_stops(name: str) -> list:
 
 def replay(name: str, mode=None, sample=None) -> T.Tracker:
     m, s, _ = STREAMS[name]
-    t = T.Tracker(mode or m, s if sample is None else sample, "poke_int3_handler")
+    t = T.Tracker(mode or m, s if sample is None else sample, "poke_int3_handler")  # the run's batch handler
     t.replay(load_stops(name))
     t.close()
     return t

@@ -7,26 +7,47 @@
  * a CPU reading files meanwhile runs into the int3 and the handler must
  * emulate the CALL into this module's trampoline.
  *
- * Modelled on samples/ftrace/ftrace-direct.c (6.x API: a struct ftrace_ops,
- * register_ftrace_direct(ops, addr), unregister_ftrace_direct(ops, addr,
- * free_filters)); the function is picked by name with ftrace_set_filter(),
- * as vfs_read is not exported for ftrace_set_filter_ip(). The trampoline
- * only counts its calls (lock incq: flags are the only state it touches), so
- * it needs to save no argument register of vfs_read.
+ * Modelled on samples/ftrace/ftrace-direct.c. Two APIs:
+ *  - v6.3+: a struct ftrace_ops, register_ftrace_direct(ops, addr),
+ *    unregister_ftrace_direct(ops, addr, free_filters); the function is
+ *    picked by name with ftrace_set_filter(), as vfs_read is not exported.
+ *  - v5.5-v6.2: register_ftrace_direct(ip, addr) on the fentry address,
+ *    found by name through a kprobe's symbol lookup (kallsyms_lookup_name
+ *    is not exported since v5.7).
+ * Before v5.5 there are no direct calls: the module does not build, and
+ * build-vm leaves gdb_ftrace_direct.unavailable saying so.
+ * The trampoline only counts its calls (lock incq: flags are the only state
+ * it touches), so it needs to save no argument register of vfs_read.
  */
 #include <linux/module.h>
 #include <linux/kernel.h>
 #include <linux/kallsyms.h>
 #include <linux/string.h>
 #include <linux/ftrace.h>
+#include <linux/kprobes.h>
+#include <linux/version.h>
 
 #ifndef CONFIG_X86_64
 #error "gdb_ftrace_direct is x86_64 only"
 #endif
+#ifndef CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS
+#error "this kernel has no ftrace direct calls (CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, v5.5+)"
+#endif
 
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 18, 0)
 #include <asm/ibt.h>
+#endif
 #include <asm/linkage.h>
 #include <asm/nospec-branch.h>
+#ifndef ASM_ENDBR
+#define ASM_ENDBR ""
+#endif
+#ifndef CALL_DEPTH_ACCOUNT
+#define CALL_DEPTH_ACCOUNT ""
+#endif
+#ifndef ASM_RET
+#define ASM_RET "ret\n"
+#endif
 
 /* Calls of the trampoline since load: /sys/module/gdb_ftrace_direct/parameters/calls */
 unsigned long gdb_ftrace_direct_calls;
@@ -61,6 +82,7 @@ static char *func = "vfs_read";
 module_param(func, charp, 0444);
 MODULE_PARM_DESC(func, "the traceable function to attach the direct call to");
 
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
 static struct ftrace_ops direct;
 static char filter[KSYM_NAME_LEN];
 
@@ -83,6 +105,27 @@ static void __exit gdb_ftrace_direct_exit(void)
 {
 	unregister_ftrace_direct(&direct, (unsigned long)gdb_ftrace_direct_tramp, true);
 }
+#else
+static unsigned long ip; /* the fentry site: the function's first byte (no IBT before v5.18) */
+
+static int __init gdb_ftrace_direct_init(void)
+{
+	struct kprobe kp = { .symbol_name = func, .flags = KPROBE_FLAG_DISABLED };
+	int ret;
+
+	ret = register_kprobe(&kp); /* disabled: only to look the address up by name */
+	if (ret)
+		return ret;
+	ip = (unsigned long)kp.addr;
+	unregister_kprobe(&kp);
+	return register_ftrace_direct(ip, (unsigned long)gdb_ftrace_direct_tramp);
+}
+
+static void __exit gdb_ftrace_direct_exit(void)
+{
+	unregister_ftrace_direct(ip, (unsigned long)gdb_ftrace_direct_tramp);
+}
+#endif
 
 module_init(gdb_ftrace_direct_init);
 module_exit(gdb_ftrace_direct_exit);
