@@ -42,10 +42,12 @@ apt_use_suites() {
 }
 
 # apt_release_suites KERNEL: the suites of the Debian release KERNEL's ABI
-# names (+deb12: bookworm-backports, +deb13: trixie*, +deb14: forky, sid);
-# nothing for any other ABI.
+# names (+deb12: bookworm-backports, +deb13: trixie*, +deb14: forky, sid;
+# 5.10.0-N: Debian 11, bullseye, whose security suite lists newer ABIs whose
+# files are not always served); nothing for any other ABI.
 apt_release_suites() {
 	case "$1" in
+	5.10.0-*) echo "bullseye bullseye-security" ;;
 	*+deb12*) echo "bookworm-backports" ;;
 	*+deb13*) echo "trixie trixie-security trixie-backports" ;;
 	*+deb14*) echo "forky sid" ;;
