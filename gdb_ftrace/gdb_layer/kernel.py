@@ -35,7 +35,9 @@ CALLERS = ("exc_int3", "do_int3")
 DESCRIPTORS = ("text_poke_array", "bp_desc", "int3_desc", "bp_patching")  # bp_patching: v5.3-v5.5
 LOC_TYPES = ("struct smp_text_poke_loc", "struct text_poke_loc")
 INT3_ENTRIES = ("asm_exc_int3", "int3")  # the IDT's int3 entry: v5.8+, before v5.8
-IRET = "native_irq_return_iret"  # the iretq every return to kernel mode takes
+IRET = "native_irq_return_iret"
+_RANGE = re.compile(r"^Address range (0x[0-9a-f]+) to (0x[0-9a-f]+):", re.M)
+_INSN_ADDR = re.compile(r"^(?:=> |   )(0x[0-9a-f]+) <", re.M)  # the iretq every return to kernel mode takes
 
 
 def symbol_address(name: str) -> int | None:
@@ -197,19 +199,22 @@ class KernelInfo:
 
     @staticmethod
     def disassemble(func: str) -> list[tuple[int, int, str]]:
-        """(address, length, text) of each instruction of `func`, from vmlinux."""
-        start = symbol_address(func)
-        # The function's own block is the one right below the file's static block:
-        # the innermost block at `start` can be an inlined callee's (5.4's do_int3
-        # starts with an inlined atomic_read), whose end is not the function's.
-        block = gdb.block_for_pc(start)
-        while block is not None and block.superblock is not None and \
-                not (block.superblock.is_static or block.superblock.is_global):
-            block = block.superblock
-        end = block.end if block is not None and block.function is not None else start + 1024
+        """(address, length, text) of each instruction of `func`, from vmlinux, in
+        address order. gdb's `disassemble` names the function's ranges: its block's
+        end is wrong both where the first instruction belongs to an inlined callee
+        (5.4's do_int3 starts with an inlined atomic_read) and where gcc split the
+        function (a .cold part far away: 5.10's text_poke_bp_batch)."""
         arch = gdb.selected_inferior().architecture()
         with _from_vmlinux():
-            return [(i["addr"], i["length"], i["asm"]) for i in arch.disassemble(start, end - 1)]
+            text = gdb.execute(f"disassemble '{func}'", to_string=True)
+            ranges = [(int(a, 16), int(b, 16)) for a, b in _RANGE.findall(text)]
+            if not ranges:
+                addrs = [int(a, 16) for a in _INSN_ADDR.findall(text)]
+                if not addrs:
+                    return []
+                ranges = [(addrs[0], addrs[-1] + 1)]
+            return [(i["addr"], i["length"], i["asm"])
+                    for lo, hi in ranges for i in arch.disassemble(lo, hi - 1)]
 
     @staticmethod
     def _pt_regs_layout() -> StructLayout:
