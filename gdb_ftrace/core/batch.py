@@ -98,6 +98,20 @@ def make_batch(live: bool, nr: int, loc: StructLayout, vec_bytes: bytes | None, 
     return Batch(live, nr, locs, stale=not live and bool(locs))
 
 
+# v5.2 (and the 4.14.122/4.19.46/5.0.19/5.1.5 stable trees with the seed series):
+# one site at a time, in three variables of arch/x86/kernel/alternative.c.
+SINGLE_SITE = ("bp_patching_in_progress", "bp_int3_addr", "bp_int3_handler")
+
+
+def single_site_batch(in_progress: int, int3_addr: int, handler: int) -> Batch:
+    """The v5.2 'batch': while bp_patching_in_progress, poke_int3_handler takes an int3
+    whose regs->ip == bp_int3_addr (the site + 1) and sets regs->ip = bp_int3_handler.
+    What is being installed is not recorded there (text is empty)."""
+    if not in_progress or not int3_addr:
+        return Batch(False, 0, [])
+    return Batch(True, 1, [PokeLoc(0, int3_addr - 1, 0, 0, 0, b"", detour=handler)])
+
+
 def era_name(handlers: list[str], desc: DescLayout | dict | None, version: str = "") -> str:
     """The kernel era the handlers and batch descriptor say (by what the kernel has,
     never by its version number alone). `version` ("5.10.223", from linux_banner)

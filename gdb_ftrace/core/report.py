@@ -36,7 +36,7 @@ def group_rows(events: Iterable[Int3Event]) -> list[tuple]:
     """One row per (site, installed insn, emulated kind, target, verdict)."""
     counts: dict[tuple, list] = collections.OrderedDict()
     for ev in events:
-        installing = classify_bytes(ev.loc.installed) if ev.loc else "-"
+        installing = classify_bytes(ev.loc.installed) if ev.loc and ev.loc.installed else "-"
         emulated = ev.expected.kind if ev.expected else "-"
         if ev.verdict == "OTHER":
             emulated = other_kind(ev)

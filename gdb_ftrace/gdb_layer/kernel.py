@@ -22,7 +22,8 @@ import gdb  # only this layer imports gdb
 from ..core.disasm import call_return_sites
 from ..core.errors import UserError
 from ..core.ftrace_era import FtraceState
-from ..core.batch import Batch, DescLayout, era_name, header_read, make_batch, parse_header, readable_count
+from ..core.batch import (SINGLE_SITE, Batch, DescLayout, era_name, header_read, make_batch, parse_header,
+                          readable_count, single_site_batch)
 from ..core.insn import MASK64
 from ..core.layout import PT_REGS_X86_64, Field, StructLayout
 from ..core.mode import CheckMode
@@ -120,31 +121,20 @@ class KernelInfo:
         self.returns.sort(key=lambda r: r[1])
         self.stext = symbol_address("_stext") or 0
         self.pt_regs = self._pt_regs_layout()
-        self.loc_type = next((t for t in LOC_TYPES if self._has_type(t)), None)
-        if self.loc_type is None:
-            raise UserError("no DWARF for struct text_poke_loc / smp_text_poke_loc: "
-                            "load the vmlinux with full debug info (the -dbg package)")
-        self.loc = struct_layout(self.loc_type)
         self.desc_name = next((d for d in DESCRIPTORS if symbol_address(d) is not None), None)
+        self.single_site: tuple[int, ...] | None = None
+        self.desc: DescLayout | None = None
+        self.loc_type, self.loc, self.desc_addr = None, None, None
+        self.keeps_last_batch, self.percpu_refs, self.per_cpu_offset = False, None, None
         if self.desc_name is None:
-            raise UserError("no batch descriptor found (looked for " + ", ".join(DESCRIPTORS) + ")")
-        self.desc_addr = symbol_address(self.desc_name)
-        dtype = gdb.parse_and_eval(f"'{self.desc_name}'").type.strip_typedefs()
-        is_pointer = dtype.code == gdb.TYPE_CODE_PTR
-        st = dtype.target().strip_typedefs() if is_pointer else dtype
-        fields = {f.name: (f.bitpos // 8, f.type.strip_typedefs()) for f in st.fields()}
-        if "vec" not in fields or "nr_entries" not in fields:
-            raise UserError(f"{self.desc_name} has no vec/nr_entries; unknown kernel layout")
-        self.desc = DescLayout(self.desc_name, is_pointer, st.sizeof, fields["vec"][0],
-                               fields["vec"][1].code == gdb.TYPE_CODE_ARRAY, fields["nr_entries"][0],
-                               fields["refs"][0] if "refs" in fields else None)
-        # v6.0-v6.15 leave vec/nr_entries of the finished batch in place: an int3
-        # that arrives late can still be matched against it (MISSED, not OTHER).
-        self.keeps_last_batch = not is_pointer and not self.desc.vec_inline and self.desc.refs_off is not None
-        # v6.16+: the handler only looks at the batch while this CPU's
-        # text_poke_array_refs is non-zero (try_get_text_poke_array()).
-        self.percpu_refs = symbol_address("text_poke_array_refs") if self.desc.refs_off is None else None
-        self.per_cpu_offset = symbol_address("__per_cpu_offset") if self.percpu_refs else None
+            single = [symbol_address(n) for n in SINGLE_SITE]
+            if None in single:
+                raise UserError("no batch descriptor found (looked for " + ", ".join(DESCRIPTORS) +
+                                ", and v5.2's " + ", ".join(SINGLE_SITE) + ")")
+            self.single_site = tuple(single)
+            self.desc_name = "bp_int3_addr"
+        else:
+            self._batch_layout()
         # Where a handler that returned 0 hands over: kprobe_int3_handler, called
         # from the same caller (its code was disassembled above).
         self.followups: list[tuple[str, int]] = []
@@ -165,6 +155,31 @@ class KernelInfo:
         self.iret = symbol_address(IRET)
         self.version = self._version()
         self.era = era_name([n for n, _ in self.handlers], self.desc, self.version)
+
+    def _batch_layout(self) -> None:
+        """The batch descriptor and its text_poke_loc layout, from DWARF (v5.3+)."""
+        self.loc_type = next((t for t in LOC_TYPES if self._has_type(t)), None)
+        if self.loc_type is None:
+            raise UserError("no DWARF for struct text_poke_loc / smp_text_poke_loc: "
+                            "load the vmlinux with full debug info (the -dbg package)")
+        self.loc = struct_layout(self.loc_type)
+        self.desc_addr = symbol_address(self.desc_name)
+        dtype = gdb.parse_and_eval(f"'{self.desc_name}'").type.strip_typedefs()
+        is_pointer = dtype.code == gdb.TYPE_CODE_PTR
+        st = dtype.target().strip_typedefs() if is_pointer else dtype
+        fields = {f.name: (f.bitpos // 8, f.type.strip_typedefs()) for f in st.fields()}
+        if "vec" not in fields or "nr_entries" not in fields:
+            raise UserError(f"{self.desc_name} has no vec/nr_entries; unknown kernel layout")
+        self.desc = DescLayout(self.desc_name, is_pointer, st.sizeof, fields["vec"][0],
+                               fields["vec"][1].code == gdb.TYPE_CODE_ARRAY, fields["nr_entries"][0],
+                               fields["refs"][0] if "refs" in fields else None)
+        # v6.0-v6.15 leave vec/nr_entries of the finished batch in place: an int3
+        # that arrives late can still be matched against it (MISSED, not OTHER).
+        self.keeps_last_batch = not is_pointer and not self.desc.vec_inline and self.desc.refs_off is not None
+        # v6.16+: the handler only looks at the batch while this CPU's
+        # text_poke_array_refs is non-zero (try_get_text_poke_array()).
+        self.percpu_refs = symbol_address("text_poke_array_refs") if self.desc.refs_off is None else None
+        self.per_cpu_offset = symbol_address("__per_cpu_offset") if self.percpu_refs else None
 
     def _version(self) -> str:
         """The release in vmlinux's linux_banner ("Linux version 5.10.223 ..."), '' if unknown."""
@@ -233,17 +248,23 @@ class KernelInfo:
     def describe(self) -> list[tuple[str, str]]:
         era = f"{self.era} ({', then '.join(n for n, _ in self.handlers)})"
         d = self.desc
-        desc = f"{d.name} ({'pointer' if d.is_pointer else 'static struct'}" + \
-            (", inline vec" if d.vec_inline else "") + (", refs" if d.refs_off is not None else "") + \
-            (", keeps the last batch" if self.keeps_last_batch else "") + ")"
+        if d is None:  # v5.2: one site at a time
+            desc = ", ".join(f"{n} at {a:#x}" for n, a in zip(SINGLE_SITE, self.single_site))
+            desc_row, loc_row = f"one site at a time (v5.2): {desc}", "- (the handler only jumps to bp_int3_handler)"
+        else:
+            desc = f"{d.name} ({'pointer' if d.is_pointer else 'static struct'}" + \
+                (", inline vec" if d.vec_inline else "") + (", refs" if d.refs_off is not None else "") + \
+                (", keeps the last batch" if self.keeps_last_batch else "") + ")"
+            desc_row = f"{desc} at {self.desc_addr:#x}"
+            loc_row = f"{self.loc_type}, {self.loc.size} bytes: " + \
+                ", ".join(f"{n}@{f.offset}" for n, f in self.loc.fields.items())
         return [
             ("era", era),
             ("handler", ", ".join(f"{n} at {a:#x}" for n, a in self.handlers)),
             ("returns to", ", ".join(f"{c}+{r - symbol_address(c):#x} ({r:#x})" for c, r in self.returns)),
             ("then", ", ".join(f"{f} returns to {r:#x}" for f, r in self.followups) or "-"),
-            ("batch descriptor", f"{desc} at {self.desc_addr:#x}"),
-            ("batch element", f"{self.loc_type}, {self.loc.size} bytes: " +
-             ", ".join(f"{n}@{f.offset}" for n, f in self.loc.fields.items())),
+            ("batch descriptor", desc_row),
+            ("batch element", loc_row),
             ("_stext", f"{self.stext:#x}"),
             ("int3 entry", f"{self.int3_entry_name} at {self.int3_entry:#x}" if self.int3_entry
              else "not found (no MODE=full)"),
@@ -255,9 +276,11 @@ class KernelInfo:
     def to_json(self) -> dict:
         return {"handler": self.handler_name, "handler_addr": self.handler, "handlers": self.handlers,
                 "era": self.era, "version": self.version,
-                "returns": [[c, r] for c, r in self.returns], "descriptor": self.desc.to_json(),
+                "returns": [[c, r] for c, r in self.returns],
+                "descriptor": self.desc.to_json() if self.desc else None, "single_site": self.single_site,
                 "desc_addr": self.desc_addr, "keeps_last_batch": self.keeps_last_batch,
-                "loc_type": self.loc_type, "loc_layout": self.loc.to_json(), "stext": self.stext,
+                "loc_type": self.loc_type, "loc_layout": self.loc.to_json() if self.loc else None,
+                "stext": self.stext,
                 "int3_entry": [self.int3_entry_name, self.int3_entry], "iret": self.iret}
 
     def read_cpu_refs(self, cpu: int) -> int | None:
@@ -282,6 +305,9 @@ class KernelInfo:
 
     def read_batch(self) -> Batch:
         """The batch the handler sees: one read for the descriptor, one for the vector."""
+        if self.single_site is not None:
+            flag, int3_addr, handler = self.single_site
+            return single_site_batch(mem.read(flag, 1)[0], mem.read_u64(int3_addr), mem.read_u64(handler))
         d = self.desc
         addr = self.desc_addr
         if d.is_pointer:

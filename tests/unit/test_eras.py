@@ -215,3 +215,23 @@ def test_v616_missed_names_the_per_cpu_refs_race(recorded_call):
     assert "text_poke_array_refs of cpu1 was already 0" in ev.reasons[1]
     assert len(rejudge(recorded_call, ret=0, after=dict(recorded_call.before), landing=None,
                        cpu_refs=1).reasons) == 1
+
+
+@pytest.mark.documented_layout
+def test_v52_single_site_is_a_detour_to_bp_int3_handler():
+    """v5.2 (and the 4.14/4.19/5.0/5.1 stable trees with the seed series): poke_int3_handler
+    takes one site while bp_patching_in_progress, regs->ip == bp_int3_addr (site + 1),
+    and sets regs->ip = bp_int3_handler. No v5.2 kernel can be booted here: the rule is
+    built from that tree's alternative.c."""
+    site, handler = 0xFFFFFFFF81234560, 0xFFFFFFFF81234565
+    assert not batch.single_site_batch(0, site + 1, handler).live
+    b = batch.single_site_batch(1, site + 1, handler)
+    assert b.live and b.nr == 1 and b.locs[0].site == site and b.locs[0].detour == handler
+    ev = Int3Event(seq=1, cpu=0, regs_addr=0x1000, before={"ip": site + 1, "sp": 0x3000, "flags": 2, "cs": 0x10},
+                   site=site, batch_nr=1, loc=b.locs[0], ret=1, after={"ip": handler, "sp": 0x3000})
+    verdict, reasons, exp = judge(ev)
+    assert (verdict, exp.kind) == ("VERIFIED", "DETOUR"), reasons
+    ev.after = {"ip": site + 1, "sp": 0x3000}  # the int3 consumed, the CPU not sent anywhere
+    ev.verdict, ev.reasons, ev.expected = judge(ev)
+    assert ev.verdict == "WRONG-TARGET"
+    assert report.group_rows([ev])[0][2] == "-"  # nothing recorded as being installed
