@@ -295,12 +295,15 @@ class Check(_Sub):
         p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S", help="seconds to retry connecting")
         p.add_argument("--no-arm", dest="arm", action="store_false",
                        help="only attach and run, no breakpoint (the baseline of scripts/bench-stops)")
+        p.add_argument("--bare-breakpoint", action="store_true",
+                       help="with --no-arm: one Python breakpoint on the handler whose stop() returns False "
+                            "(what a stop costs with no checker work; scripts/bench-stops)")
 
     def run(self, args, c) -> None:
         from . import runner
 
         runner.run(args.target, args.json, args.mode, connect_timeout=args.connect_timeout, arm=args.arm,
-                   sample=args.sample, inject=args.inject, stops_path=args.stops)
+                   sample=args.sample, inject=args.inject, stops_path=args.stops, bare=args.bare_breakpoint)
 
 
 SUBCOMMANDS = (Info, Arm, Run, Inject, Disarm, Report, Check)

@@ -25,6 +25,13 @@ def _say(msg: str) -> None:
     gdb.flush()
 
 
+class _BareBreakpoint(gdb.Breakpoint):
+    """A stop that does nothing: what gdb and QEMU cost per hit, without the checker."""
+
+    def stop(self) -> bool:
+        return False
+
+
 def connect(target: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -62,8 +69,9 @@ def drive(c: "checker.Checker | None") -> str:
 
 
 def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,
-        sample: int = 0, inject: str | None = None, stops_path: str | None = None) -> None:
-    """arm=False only attaches (no breakpoint): the baseline of scripts/bench-stops."""
+        sample: int = 0, inject: str | None = None, stops_path: str | None = None, bare: bool = False) -> None:
+    """arm=False only attaches (no breakpoint), bare=True adds one Python breakpoint on the
+    handler that does nothing: the baselines of scripts/bench-stops."""
     gdb.execute("set pagination off")
     gdb.execute("set confirm off")
     c = None
@@ -71,6 +79,9 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
         kernel.info()  # resolve symbols from vmlinux before the guest runs
         connect(target, connect_timeout)
         _say(f"connected to {target}")
+        if bare:
+            _BareBreakpoint(f"*{kernel.info().handler:#x}", internal=True)
+            _say(f"bare breakpoint on {kernel.info().handler_name}")
         if arm:
             c = checker.Checker(mode, json_path=json_path, sample=sample, inject=inject, stops_path=stops_path)
             c.arm()

@@ -61,20 +61,26 @@ def test_soak_no_run_json_is_a_fail(tmp_path):
 
 def test_bench_table_from_run_json_records():
     bench = load("bench-stops")
-    assert bench.SETUP_NAMES == ("none", "attached", "handler", "landing", "full")
-    walls = {"none": (17.1, 15.2), "attached": (18.1, 16.5), "handler": (21.7, 21.5), "landing": (24.3, 22.7),
-             "full": (24.1, 23.5)}
-    events = {"none": 0, "attached": 0, "handler": 196, "landing": 194, "full": 228}
+    assert bench.SETUP_NAMES == ("none", "attached", "bare", "handler", "landing", "full", "idle-attached",
+                                 "idle-full")
+    walls = {"none": (17.1, 15.2), "attached": (18.1, 16.5), "bare": (20.0, 20.4), "handler": (21.7, 21.5),
+             "landing": (24.3, 22.7), "full": (24.1, 23.5), "idle-attached": (10.0, 10.2), "idle-full": (14.0, 14.3)}
+    events = {"none": 0, "attached": 0, "bare": 0, "handler": 196, "landing": 194, "full": 228,
+              "idle-attached": 0, "idle-full": 1}
     results = {m: [{"wall_s": w, "reads": 1000, "events": events[m], "kernel": "6.12.117+deb12-cloud-amd64"}
                    for w in ws] for m, ws in walls.items()}
     text = bench.report(results, 30, 2).splitlines()
     assert text[0] == "command: scripts/bench-stops --toggles 30 --repeat 2"
     assert text[1].startswith("kernel 6.12.117+deb12-cloud-amd64, scenario livepatch-trace, 30 toggles")
-    header, rule, rows = text[2], text[3], text[4:9]
+    header, rule, rows = text[2], text[3], text[4:12]
     assert header.split()[:2] == ["setup", "wall"] and set(rule) <= {"-", " "}
     cells = {r.split()[0]: r.split() for r in rows}
     assert cells["none"] == ["none", "17.1,", "15.2", "16.1", "1000", "0"]  # no cost for no checker
     # full: (23.8 - 17.3) s / 228 int3s = 28.5 ms per int3, / 5 stops = 5.7 ms per stop
     assert cells["full"][-2:] == ["28.5", "5.7"]
     assert cells["handler"][-1] == "11.0"  # 21.9 ms / 2 stops
-    assert text[-1].endswith("(handler 2, landing 4, full 5)")
+    assert "(bare 1, handler 2, landing 4, full 5)" in text[-1]
+    line = bench.summary_line(results, None)
+    # idle: 14.15 / 10.1; handler: (21.6 - 17.3) s / 196 int3s; landing: 6.2 s / 194
+    assert line == "ftrace-int3 bench: idle=1.40 handler_ms=21.9 landing_ms=32.0 full_ms=28.5 trace_all_s=skipped"
+    assert bench.summary_line(results, {"wall_s": 281.4, "passed": True}).endswith("trace_all_s=281")
