@@ -156,3 +156,24 @@ def test_trace_all_passes_with_jump_labels_and_calls(vm_dir, tmp_path):
     assert any(ev.loc and classify_bytes(ev.loc.installed) in ("JMP8", "JMP32", "NOP2")
                for ev in verified)
     assert any(ev.landing for ev in events) and any(ev.hw_source == "entry" for ev in events)
+
+
+def test_guest_panic_mid_run_ends_with_a_partial_report(vm_dir, tmp_path):
+    """Issue 9: the guest panics while armed (scenario panic-mid-run: sysrq-trigger c after
+    5 toggles). The check ends in bounded time, FAIL, names the panic, keeps the events
+    seen before it, and leaves no QEMU or gdb behind."""
+    t0 = time.monotonic()
+    p = start_check(vm_dir, tmp_path, "--scenario", "panic-mid-run", "--timeout", "300")
+    out, err = p.communicate(timeout=400)
+    took = time.monotonic() - t0
+    s = summary(out)
+    assert p.returncode == 1 and s["status"] == "FAIL", out[-3000:]
+    assert took < 120, took
+    assert "problem: guest console: " in out and "Kernel panic - not syncing: sysrq triggered crash" in out
+    assert "the guest did not finish its scenario" in out
+    assert s["verified"] > 0 and s["failed"] == 0 and s["guest_unpatched"] == -1  # the events before the panic
+    from gdb_ftrace.core import report
+
+    events, _ = report.load_events(os.path.join(tmp_path, "events.jsonl"))
+    assert len(events) == s["verified"] + s["other"]
+    assert not pids_matching(str(tmp_path), "qemu-system-x86_64") and not pids_matching(str(tmp_path), "gdb")
