@@ -139,10 +139,26 @@ def test_tcg_multi_ends_with_missed_and_explains_it(vm_dir, tmp_path):
 
 def test_trace_all_passes_with_jump_labels_and_calls(vm_dir, tmp_path):
     """Issue 3: `make check SCENARIO=trace-all` (every traceable function, one toggle,
-    MODE=full with the scenario's per-batch sample). About 11 minutes."""
-    p = start_check(vm_dir, tmp_path, "--scenario", "trace-all")
-    stdout, stderr = p.communicate(timeout=3000)
-    s = summary(stdout)
+    MODE=full with the scenario's per-batch sample). About 1-2 minutes.
+
+    Known flake (2 of about 10 runs on 2026-11-26): the guest itself double-faults or
+    WARNs with corrupt RFLAGS in code far from any int3 (e.g. __d_alloc), every verdict
+    VERIFIED until then; suspected QEMU TCG running breakpointed pages one instruction
+    at a time while 40 000 sites are rewritten. Such a run (a guest crash, no FAIL
+    verdict, nothing MISSED) is retried once and its console lines printed; a FAIL or
+    MISSED verdict, or a second crash, fails the test."""
+    for attempt in (1, 2):
+        out = tmp_path / f"try{attempt}"
+        p = start_check(vm_dir, out, "--scenario", "trace-all")
+        stdout, stderr = p.communicate(timeout=3000)
+        s = summary(stdout)
+        guest_crash = "problem: guest console:" in stdout and s["failed"] == 0 and s["missed"] == 0
+        if attempt == 1 and s["status"] == "FAIL" and guest_crash:
+            print("trace-all: the guest crashed with no FAIL verdict; retrying once:\n" +
+                  "\n".join(l for l in stdout.splitlines() if l.startswith("problem:")))
+            continue
+        break
+    tmp_path = out
     assert p.returncode == 0 and s["status"] == "PASS", stdout[-3000:] + stderr[-2000:]
     assert s["verified"] > 5000
     from gdb_ftrace.core import report
