@@ -17,6 +17,7 @@ import gdb
 from ..core import inject as core_inject
 from ..core import mode as check_mode
 from ..core import report, style
+from ..core.cli import DefaultsHelpFormatter
 from ..core.errors import UserError
 from . import checker, kernel
 
@@ -25,18 +26,12 @@ class _HelpShown(Exception):
     pass
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Fixed width (help text must not depend on the terminal); '(default: X)' where
-    there is a default worth saying; 'Usage:' as gdb's own help says it."""
+class _Formatter(DefaultsHelpFormatter):
+    """Fixed width (help text must not depend on the terminal); 'Usage:' as gdb's own
+    help says it."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, width=88, max_help_position=26)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        h = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in h:
-            h += " (default: %(default)s)"
-        return h
 
     def add_usage(self, usage, actions, groups, prefix=None):
         super().add_usage(usage, actions, groups, prefix="Usage: " if prefix is None else prefix)
