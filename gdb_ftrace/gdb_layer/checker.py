@@ -118,7 +118,8 @@ class Checker:
         return self._feed(T.HandlerReturnStop(cpu, rsp, rax, after, pushed, (done,) if done else ()))
 
     def on_kprobe_return(self) -> bool:
-        cpu, ev = vcpu_index(), self.tracker.unhandled_event(vcpu_index())
+        cpu = vcpu_index()
+        ev = self.tracker.unhandled_event(cpu)
         ip = mem.read_u64(ev.regs_addr + self.kinfo.pt_regs.fields["ip"].offset) if ev is not None else None
         return self._feed(T.KprobeReturnStop(cpu, reg("rax"), ip))
 
