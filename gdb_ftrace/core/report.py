@@ -227,7 +227,8 @@ class Summary:
     other: int
     guest_unpatched: int | None
     problems: list[str]
-    guest_observed: bool = True  # False: no guest console was read (a report inside gdb)
+    guest_observed: bool = True  # False: no guest console was read (a report inside gdb, --attach)
+    check: bool = False  # with no guest console: still a check's line (scripts/ftrace-int3-check --attach)
 
     @property
     def events(self) -> int:
@@ -244,6 +245,8 @@ class Summary:
         line), `ftrace-int3 report: ...` where no guest console was read."""
         verdict = "PASS" if self.passed else "FAIL"
         counts = f"verified={self.verified} failed={self.failed} missed={self.missed} other={self.other}"
+        if not self.guest_observed and self.check:
+            return f"ftrace-int3 check: {verdict} {counts} guest_unpatched=n/a"
         if not self.guest_observed:
             return f"ftrace-int3 report: {verdict} events={self.events} {counts}"
         gu = -1 if self.guest_unpatched is None else self.guest_unpatched

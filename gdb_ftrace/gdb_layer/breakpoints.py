@@ -31,11 +31,14 @@ class _Bp(gdb.Breakpoint):
 class BreakpointSet:
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.halt = False  # set from another thread: the next hit becomes a real stop, read nothing
         self._all: list[_Bp] = []
         self._switched: list[tuple[_Bp, Callable[[], bool]]] = []
 
     def _guard(self, fn: Callable[[], bool]) -> Callable[[], bool]:
         def run() -> bool:
+            if self.halt:
+                return True
             try:
                 return fn()
             except Exception as e:  # noqa: BLE001 - a checker bug must not stop the guest

@@ -41,7 +41,10 @@ class Checker:
                                  on_open=self.log and self.log.handler_entry,
                                  on_followup=self.log and self.log.followup)
         if self.log:
-            self.log.meta(kernel=k.to_json(), armed_at=time.time(), mode=mode.value, sample=sample, inject=inject)
+            from . import slide
+
+            self.log.meta(kernel=k.to_json(), armed_at=time.time(), mode=mode.value, sample=sample, inject=inject,
+                          slide=slide.located.to_json() if slide.located else None)
         self.bps = BreakpointSet()  # bps.errors: exceptions in the stop callbacks (checker bugs)
 
     events = property(lambda self: self.tracker.events)

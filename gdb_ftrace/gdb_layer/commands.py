@@ -137,7 +137,17 @@ class Info(_Sub):
     def run(self, args, c) -> None:
         from tabulate import tabulate
 
-        gdb.write(tabulate(kernel.info().describe(), tablefmt="plain") + "\n")
+        from . import slide
+
+        try:
+            where = slide.ensure().describe()  # first: it may move the symbols
+        except slide.NotUpYet as e:
+            where = f"unknown: the kernel is not up ({e})"
+        except gdb.error as e:
+            where = f"unknown: {e}"
+        rows = kernel.info().describe()
+        rows.insert(1, ("slide", where))
+        gdb.write(tabulate(rows, tablefmt="plain") + "\n")
 
 
 class Arm(_Sub):
@@ -159,8 +169,16 @@ class Arm(_Sub):
         p.add_argument("--echo", action="store_true", help="print one line per event as it completes")
 
     def run(self, args, old) -> None:
+        from . import slide
+
         if old is not None:
             old.close()
+        try:
+            loc = slide.ensure()
+            gdb.write(f"ftrace-int3: kernel located, slide {loc.describe()}\n")
+        except slide.NotUpYet:
+            gdb.write("ftrace-int3: the guest's kernel is not up yet (reset or early boot): arming at the "
+                      "vmlinux link addresses, so it must boot with nokaslr\n")
         try:
             c = checker.Checker(args.mode, json_path=args.json, echo=args.echo, sample=args.sample,
                                 stops_path=args.stops)
@@ -293,12 +311,21 @@ class Check(_Sub):
         p.add_argument("--bare-breakpoint", action="store_true",
                        help="with --no-arm: one Python breakpoint on the handler whose stop() returns False "
                             "(what a stop costs with no checker work; scripts/bench-stops)")
+        p.add_argument("--wait-kernel", action="store_true",
+                       help="the guest is held at reset (QEMU -S) and boots with KASLR: let it boot until its "
+                            "IDT is set up, find the slide, then arm")
+        p.add_argument("--duration", type=float, metavar="S",
+                       help="end the check after S seconds (default: when the guest exits or on SIGINT)")
+        p.add_argument("--detach", action="store_true",
+                       help="at the end disarm and detach, leaving the guest running (a QEMU you started); "
+                            "default: kill the target")
 
     def run(self, args, c) -> None:
         from . import runner
 
         runner.run(args.target, args.json, args.mode, connect_timeout=args.connect_timeout, arm=args.arm,
-                   sample=args.sample, inject=args.inject, stops_path=args.stops, bare=args.bare_breakpoint)
+                   sample=args.sample, inject=args.inject, stops_path=args.stops, bare=args.bare_breakpoint,
+                   wait_kernel=args.wait_kernel, duration=args.duration, detach=args.detach)
 
 
 SUBCOMMANDS = (Info, Arm, Run, Inject, Disarm, Report, Check)

@@ -3,21 +3,25 @@ scripts/ftrace-int3-check uses it):
 
     gdb -batch -nx VMLINUX -x gdb-ftrace.py -ex 'ftrace-int3 check 127.0.0.1:1234 --json ev.jsonl'
 
-Connects (retrying while QEMU starts), arms the checker, continues until the
-guest powers off, the connection drops, or gdb gets SIGINT (the driver's
-timeout), then closes the event log and prints the report. Never raises: the
-JSON event log is the result.
+Connects (retrying while QEMU starts), finds the running kernel (KASLR slide,
+and proof that vmlinux is it: slide.py; with --wait-kernel it lets a guest
+held at reset boot until its IDT is up), arms the checker, continues until the
+guest powers off, the connection drops, --duration ends, or gdb gets SIGINT
+(the driver's timeout or Ctrl-C), then closes the event log and either kills
+the target or, with --detach, disarms and detaches, leaving the guest running.
+Never raises: the JSON event log is the result.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import gdb
 
 from ..core.errors import UserError
 from ..core.mode import CheckMode
-from . import checker, kernel
+from . import checker, kernel, slide
 
 
 def _say(msg: str) -> None:
@@ -44,7 +48,70 @@ def connect(target: str, timeout: float) -> None:
             time.sleep(0.2)
 
 
-def drive(c: "checker.Checker | None") -> str:
+def _post_interrupt() -> None:
+    def fire() -> None:
+        try:
+            gdb.execute("interrupt", to_string=True)
+        except gdb.error:
+            pass
+    gdb.post_event(fire)
+
+
+def _run_for(seconds: float) -> None:
+    """Let the guest run for about `seconds` (no breakpoint of ours is in: nothing to step over)."""
+    t = threading.Timer(seconds, _post_interrupt)
+    t.start()
+    try:
+        gdb.execute("continue", to_string=True)
+    except gdb.error as e:
+        raise UserError(f"the target went away while waiting for the kernel: {e}") from None
+    finally:
+        t.cancel()
+
+
+def wait_for_kernel(timeout: float, poll: float = 0.3) -> None:
+    """Run a guest held at reset until its kernel's int3 gate is up, then locate it.
+    A gate in kernel text that never matches this vmlinux for 5 s is a wrong vmlinux."""
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    while True:
+        try:
+            slide.ensure()
+            return
+        except slide.NotUpYet as e:
+            why = str(e)
+            if e.runtime is not None:
+                since = since or time.monotonic()
+                if time.monotonic() - since > 5:
+                    slide.refuse_unmatched(e.runtime)
+        if time.monotonic() > deadline:
+            raise UserError(f"the guest's kernel did not set up its IDT within {timeout:.0f} s ({why})")
+        _run_for(poll)
+
+
+class _Deadline:
+    """--duration: end the run at a point where gdb is not stepping. The next hit of
+    a checker breakpoint becomes a real stop (BreakpointSet.halt); if none comes
+    within a second (nothing is being patched), gdb is interrupted."""
+
+    def __init__(self, c: "checker.Checker | None", seconds: float) -> None:
+        self.c, self.fired = c, False
+        self.timers = [threading.Timer(seconds, self._soft), threading.Timer(seconds + 1.0, _post_interrupt)]
+        for t in self.timers:
+            t.daemon = True
+            t.start()
+
+    def _soft(self) -> None:
+        self.fired = True
+        if self.c is not None:
+            self.c.bps.halt = True
+
+    def cancel(self) -> None:
+        for t in self.timers:
+            t.cancel()
+
+
+def drive(c: "checker.Checker | None", deadline: "_Deadline | None" = None) -> str:
     """Continue the guest until it exits or stops for a reason that is not ours.
 
     The checker's only real stops are the iretqs of emulated int3s (MODE=landing
@@ -60,6 +127,8 @@ def drive(c: "checker.Checker | None") -> str:
         inf = gdb.selected_inferior()
         if not inf.pid or not inf.threads():
             return "guest exited"
+        if deadline is not None and deadline.fired:
+            return "the duration ended"
         if c is not None and c.tracker.step_pending is not None:
             c.land()
             continue
@@ -69,18 +138,37 @@ def drive(c: "checker.Checker | None") -> str:
 
 
 def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,
-        sample: int = 0, inject: str | None = None, stops_path: str | None = None, bare: bool = False) -> None:
+        sample: int = 0, inject: str | None = None, stops_path: str | None = None, bare: bool = False,
+        wait_kernel: bool = False, duration: float | None = None, detach: bool = False) -> None:
     """arm=False only attaches (no breakpoint), bare=True adds one Python breakpoint on the
-    handler that does nothing: the baselines of scripts/bench-stops."""
+    handler that does nothing: the baselines of scripts/bench-stops. wait_kernel: the
+    guest is held at reset and boots with KASLR: run it until its kernel is up, then
+    locate it. detach: leave the guest running at the end (a QEMU we did not start)."""
     gdb.execute("set pagination off")
     gdb.execute("set confirm off")
     c = None
+    bare_bp = None
+    connected = False
+    deadline = None
     try:
         kernel.info()  # resolve symbols from vmlinux before the guest runs
         connect(target, connect_timeout)
+        connected = True
         _say(f"connected to {target}")
+        if wait_kernel:
+            _say("waiting for the guest's kernel to set up its IDT (KASLR: the slide is known then)")
+            wait_for_kernel(max(connect_timeout, 60.0))
+        else:
+            try:
+                slide.ensure()
+            except slide.NotUpYet:
+                pass  # held at reset: the guest boots at the link addresses (nokaslr)
+        if slide.located is not None:
+            _say(f"kernel located: {kernel.info().version or '?'}, slide {slide.located.describe()}")
+        else:
+            _say("guest at reset: arming at the vmlinux link addresses (the guest must boot with nokaslr)")
         if bare:
-            _BareBreakpoint(f"*{kernel.info().handler:#x}", internal=True)
+            bare_bp = _BareBreakpoint(f"*{kernel.info().handler:#x}", internal=True)
             _say(f"bare breakpoint on {kernel.info().handler_name}")
         if arm:
             c = checker.Checker(mode, json_path=json_path, sample=sample, inject=inject, stops_path=stops_path)
@@ -89,18 +177,36 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             _say(f"armed on {', '.join(n for n, _ in c.kinfo.handlers)} (mode {mode}"
                  + (f", injecting {inject}" if inject else "") + "); returns at "
                  + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
-        _say(drive(c) + "; ending the check")
+        if duration:
+            deadline = _Deadline(c, duration)
+            _say(f"running for {duration:g} s")
+        _say(drive(c, deadline) + "; ending the check")
     except UserError as e:
         _say(f"error: {e}")
     finally:
+        if deadline is not None:
+            deadline.cancel()
         if c is not None:
+            c.bps.halt = False
             c.close()
             if c.injector is not None:
                 _say(f"injection {c.injector.describe()}")
             _say(f"events={len(c.events)} checker_errors={len(c.errors)} "
                  + " ".join(f"{k}={v}" for k, v in c.tracker.stats.to_json().items()))
-        try:
-            if gdb.selected_inferior().pid:
-                gdb.execute("kill", to_string=True)
-        except gdb.error:
-            pass
+        if bare_bp is not None and bare_bp.is_valid():
+            bare_bp.delete()
+        _end(detach and connected)
+
+
+def _end(detach: bool) -> None:
+    """Kill the target (a QEMU the driver started), or detach and leave it running."""
+    try:
+        if not gdb.selected_inferior().pid:
+            return
+        if detach:
+            gdb.execute("detach", to_string=True)
+            _say("detached; the guest keeps running")
+        else:
+            gdb.execute("kill", to_string=True)
+    except gdb.error as e:
+        _say(f"{'detach' if detach else 'kill'} failed: {e}")

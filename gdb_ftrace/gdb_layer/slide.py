@@ -1,0 +1,170 @@
+"""Find the running kernel (KASLR slide), prove the vmlinux is it, relocate the symbols.
+
+The guest is read, never trusted to match the file: the IDT's int3 gate gives
+the runtime int3 entry (core.kaslr), `linux_banner` at the slid address must
+equal vmlinux's. A wrong vmlinux is refused naming both releases. When the
+slide is not what gdb's symbols assume, vmlinux is loaded again with
+`symbol-file -o SLIDE` (about a second; DWARF is read lazily), and the exec
+file is dropped so that no code read is answered from the file at link
+addresses that now hold something else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import gdb
+
+from ..core import elf, kaslr
+from ..core.errors import UserError
+from ..core.insn import MASK64
+from . import mem
+from .kernel import INT3_ENTRIES, symbol_address
+
+# What the symbols in gdb have been moved by (symbol-file -o), per vmlinux path.
+applied: dict[str, int] = {}
+located: kaslr.Location | None = None
+
+
+@contextlib.contextmanager
+def _from_target():
+    """Read the guest, not the file, whatever the user set."""
+    trust = gdb.parameter("trust-readonly-sections")
+    gdb.execute("set trust-readonly-sections off", to_string=True)
+    try:
+        yield
+    finally:
+        gdb.execute(f"set trust-readonly-sections {'on' if trust else 'off'}", to_string=True)
+
+
+def _vmlinux_path() -> str:
+    path = gdb.current_progspace().filename
+    if not path:
+        raise UserError("no vmlinux loaded (file /path/to/vmlinux)")
+    return path
+
+
+def idt() -> tuple[int, str]:
+    """The IDT base and where it came from."""
+    try:
+        out = gdb.execute("monitor info registers", to_string=True)
+    except gdb.error:
+        out = ""
+    got = kaslr.parse_idt(out)
+    if got is not None:
+        return got[0], "IDT gate 3, base from QEMU 'info registers'"
+    return kaslr.IDT_FALLBACK, f"IDT gate 3, base {kaslr.IDT_FALLBACK:#x} (CPU_ENTRY_AREA_RO_IDT)"
+
+
+def file_bytes(addr: int, n: int) -> bytes:
+    """n bytes of the vmlinux file at what gdb's symbols call addr."""
+    path = _vmlinux_path()
+    try:
+        return elf.read_at(path, addr - applied.get(path, 0), n)
+    except (OSError, elf.ElfError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+
+
+def guest_banner_near(addr: int, span: int = 64 << 20, chunk: int = 1 << 20) -> str:
+    """Search the guest's kernel image from the 2 MiB page of addr on for its banner."""
+    start = addr & ~(kaslr.SLIDE_ALIGN - 1)
+    with _from_target():
+        for off in range(0, span, chunk):
+            buf = mem.try_read(start + off, chunk)
+            if buf is None:
+                continue
+            i = kaslr.find_banner(buf)
+            if i is not None:
+                return kaslr.banner_text(buf[i:i + 256])
+    return ""
+
+
+class NotUpYet(Exception):
+    """The guest's int3 gate does not point at this kernel's int3 entry yet (reset,
+    early boot). runtime: where it points when that is kernel text."""
+
+    def __init__(self, msg: str, runtime: int | None = None) -> None:
+        super().__init__(msg)
+        self.runtime = runtime
+
+
+def locate() -> kaslr.Location:
+    """Where the running kernel is relative to gdb's symbols (raises NotUpYet, UserError)."""
+    entry_name = next((e for e in INT3_ENTRIES if symbol_address(e) is not None), None)
+    if entry_name is None:
+        raise UserError(f"no int3 entry ({' or '.join(INT3_ENTRIES)}) in the symbols: cannot find the kernel")
+    entry = symbol_address(entry_name)
+    base, how = idt()
+    with _from_target():
+        gate = mem.try_read((base + kaslr.INT3_VECTOR * kaslr.GATE_SIZE) & MASK64, kaslr.GATE_SIZE)
+    if gate is None or not kaslr.gate_present(gate):
+        raise NotUpYet("no int3 gate yet")
+    runtime = kaslr.gate_target(gate)
+    if runtime < kaslr.KERNEL_TEXT_LO:
+        raise NotUpYet(f"int3 gate points at {runtime:#x}, not kernel text")
+    delta = kaslr.slide_for(runtime, entry)
+    if delta is None and runtime != entry:
+        # A relocated objfile: the slide can be below gdb's current symbols too.
+        back = kaslr.slide_for(entry, runtime)
+        delta = -back if back is not None else None
+    if delta is None:
+        raise NotUpYet(f"int3 gate points at {runtime:#x}, not at {entry_name} ({entry:#x}) moved by a KASLR slide",
+                       runtime)
+    want = kaslr.banner_text(_read_text_file(symbol_address("linux_banner")))
+    with _from_target():
+        raw = mem.try_read((symbol_address("linux_banner") + delta) & MASK64, 256)
+    have = kaslr.banner_text(raw) if raw else ""
+    if have != want:
+        raise WrongKernel(want, have or guest_banner_near(runtime))
+    path = _vmlinux_path()
+    total = applied.get(path, 0) + delta
+    return kaslr.Location(total, base, runtime, how)
+
+
+def refuse_unmatched(runtime: int) -> None:
+    """The kernel is up but its int3 gate never matched this vmlinux: say which kernel runs."""
+    want = kaslr.banner_text(_read_text_file(symbol_address("linux_banner")))
+    have = guest_banner_near(runtime)
+    if have != want:
+        raise WrongKernel(want, have)
+    raise UserError(f"the guest runs this vmlinux's kernel ({kaslr.release(want)}) but its int3 gate points at "
+                    f"{runtime:#x}, which is not the int3 entry moved by a KASLR slide")
+
+
+def _read_text_file(addr: int | None) -> bytes:
+    if addr is None:
+        raise UserError("no linux_banner in the symbols: cannot tell which kernel this vmlinux is")
+    return file_bytes(addr, 256)
+
+
+class WrongKernel(UserError):
+    def __init__(self, file_banner_: str, guest_banner: str) -> None:
+        self.file_banner, self.guest_banner = file_banner_, guest_banner
+        guest = kaslr.release(guest_banner) if guest_banner else "a kernel whose banner was not found"
+        super().__init__(
+            f"this vmlinux is not the running kernel: the guest runs {guest}, the vmlinux is "
+            f"{kaslr.release(file_banner_)}; load the running kernel's vmlinux (file /path/to/vmlinux)\n"
+            f"  guest:   {guest_banner or '?'}\n  vmlinux: {file_banner_}")
+
+
+def relocate(loc: kaslr.Location) -> bool:
+    """Move gdb's symbols to the running kernel; True when they were reloaded."""
+    path = _vmlinux_path()
+    if applied.get(path, 0) == loc.slide:
+        return False
+    gdb.execute(f"symbol-file -o {loc.slide:#x} '{path}'", to_string=True)
+    try:
+        gdb.execute("exec-file", to_string=True)  # its sections stay at link addresses
+    except gdb.error:
+        pass
+    applied[path] = loc.slide
+    return True
+
+
+def ensure() -> kaslr.Location:
+    """Locate the kernel, refuse a wrong vmlinux, relocate the symbols: before arming."""
+    global located
+    loc = locate()
+    relocate(loc)
+    located = loc
+    return loc
