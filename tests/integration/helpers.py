@@ -7,7 +7,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECK = os.path.join(ROOT, "scripts", "ftrace-int3-check")
 SUMMARY = re.compile(r"^ftrace-int3 check: (PASS|FAIL) verified=(\d+) failed=(\d+) missed=(\d+) "
-                     r"other=(\d+) guest_unpatched=(-?\d+)$")
+                     r"other=(\d+) guest_unpatched=(-?\d+|n/a)$")
 
 
 def summary(stdout: str) -> dict:
@@ -15,7 +15,7 @@ def summary(stdout: str) -> dict:
     m = SUMMARY.match(last)
     assert m, f"last line is not the summary line: {last!r}"
     keys = ("status", "verified", "failed", "missed", "other", "guest_unpatched")
-    return {k: (v if k == "status" else int(v)) for k, v in zip(keys, m.groups())}
+    return {k: (v if k == "status" or v == "n/a" else int(v)) for k, v in zip(keys, m.groups())}
 
 
 def alive(pid: int) -> bool:
@@ -89,3 +89,23 @@ def listening_addrs(port: int) -> set[str]:
                 else:
                     addrs.add(hexaddr)
     return addrs
+
+
+def qmp(sock_path: str, command: str) -> dict:
+    """One QMP command on QEMU's -qmp unix socket; its "return" value."""
+    import json
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(sock_path)
+        f = s.makefile("rw")
+        json.loads(f.readline())  # greeting
+        for cmd in ("qmp_capabilities", command):
+            f.write(json.dumps({"execute": cmd}) + "\n")
+            f.flush()
+            while True:
+                reply = json.loads(f.readline())
+                if "return" in reply or "error" in reply:
+                    break
+        return reply.get("return", reply)
