@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from .insn import PokeLoc, decode_vector
-from .layout import StructLayout
+from .layout import TEXT_POKE_LOC_V517, StructLayout
 
 MAX_ENTRIES = 65536  # far above any real TP_VEC_MAX / TEXT_POKE_ARRAY_MAX (256)
 
@@ -44,7 +44,32 @@ class DescLayout:
 # Documented layouts, for tests and for kernels without DWARF for the descriptor.
 DESC_V56_POINTER = DescLayout("bp_desc", True, 16, 0, False, 8, 12)
 DESC_V60_STRUCT = DescLayout("bp_desc", False, 16, 0, False, 8, 12)
-DESC_V616_ARRAY = DescLayout("text_poke_array", False, 4096 + 8, 0, True, 4096, None)
+DESC_V616_ARRAY = DescLayout("text_poke_array", False, 4096 + 4, 0, True, 4096, None)
+
+
+def _release(version: str) -> tuple[int, int]:
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+def documented(desc_name: str, version: str) -> tuple[DescLayout, StructLayout] | None:
+    """The descriptor and text_poke_loc layouts of a kernel without DWARF, where the
+    era fixes them (the symbol says which descriptor, linux_banner which release):
+    v6.16+ text_poke_array, v6.0-v6.15 the bp_desc struct, v5.17-v5.19 the bp_desc
+    pointer; all with the 16-byte v5.17+ text_poke_loc. None for v5.16 and older:
+    there the text_poke_loc changed inside stable series (the 5.10.y and 5.15.y
+    backports of 26c44b776dba), so only DWARF can say which one a kernel has."""
+    rel = _release(version)
+    if desc_name == "text_poke_array":
+        return DESC_V616_ARRAY, TEXT_POKE_LOC_V517
+    if desc_name == "bp_desc" and rel >= (6, 0):
+        return DESC_V60_STRUCT, TEXT_POKE_LOC_V517
+    if desc_name == "bp_desc" and (5, 17) <= rel < (6, 0):
+        return DESC_V56_POINTER, TEXT_POKE_LOC_V517
+    return None
 
 
 @dataclasses.dataclass

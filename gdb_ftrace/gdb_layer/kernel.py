@@ -22,14 +22,16 @@ import gdb  # only this layer imports gdb
 from ..core.disasm import call_return_sites
 from ..core.errors import UserError
 from ..core.ftrace_era import FtraceState
-from ..core.batch import (SINGLE_SITE, Batch, DescLayout, era_name, header_read, make_batch, parse_header,
-                          readable_count, single_site_batch)
+from ..core.batch import (SINGLE_SITE, Batch, DescLayout, documented, era_name, header_read, make_batch,
+                          parse_header, readable_count, single_site_batch)
 from ..core.insn import MASK64
 from ..core.layout import PT_REGS_X86_64, Field, StructLayout
 from ..core.mode import CheckMode
 from . import mem
 from .cache import per_objfile
 
+NO_DWARF = ("no: pt_regs, the batch descriptor and text_poke_loc from the era's documented layouts; "
+            "unavailable: which sites are ftrace's, ftrace_ops trampoline owners, module symbol names")
 HANDLERS = ("smp_text_poke_int3_handler", "poke_int3_handler")
 FTRACE_HANDLER = "ftrace_int3_handler"  # v5.2-v5.5, asked before poke_int3_handler
 CALLERS = ("exc_int3", "do_int3")
@@ -119,6 +121,7 @@ class KernelInfo:
         if not self.returns:
             raise UserError(f"found {self.handler_name} but no call to it in {', '.join(CALLERS)}")
         self.returns.sort(key=lambda r: r[1])
+        self.dwarf = True  # False: layouts documented per era (core.batch.documented), no DWARF names
         self.stext = symbol_address("_stext") or 0
         self.pt_regs = self._pt_regs_layout()
         self.desc_name = next((d for d in DESCRIPTORS if symbol_address(d) is not None), None)
@@ -159,11 +162,11 @@ class KernelInfo:
     def _batch_layout(self) -> None:
         """The batch descriptor and its text_poke_loc layout, from DWARF (v5.3+)."""
         self.loc_type = next((t for t in LOC_TYPES if self._has_type(t)), None)
-        if self.loc_type is None:
-            raise UserError("no DWARF for struct text_poke_loc / smp_text_poke_loc: "
-                            "load the vmlinux with full debug info (the -dbg package)")
-        self.loc = struct_layout(self.loc_type)
         self.desc_addr = symbol_address(self.desc_name)
+        if self.loc_type is None:
+            self._documented_batch_layout()
+            return
+        self.loc = struct_layout(self.loc_type)
         dtype = gdb.parse_and_eval(f"'{self.desc_name}'").type.strip_typedefs()
         is_pointer = dtype.code == gdb.TYPE_CODE_PTR
         st = dtype.target().strip_typedefs() if is_pointer else dtype
@@ -173,9 +176,25 @@ class KernelInfo:
         self.desc = DescLayout(self.desc_name, is_pointer, st.sizeof, fields["vec"][0],
                                fields["vec"][1].code == gdb.TYPE_CODE_ARRAY, fields["nr_entries"][0],
                                fields["refs"][0] if "refs" in fields else None)
+        self._batch_flags()
+
+    def _documented_batch_layout(self) -> None:
+        """No DWARF (a stripped vmlinux): the era's documented layouts (core.batch.documented)."""
+        version = self._version()
+        got = documented(self.desc_name, version)
+        if got is None:
+            raise UserError(f"no DWARF for struct text_poke_loc, and {self.desc_name} of {version or 'this kernel'} "
+                            "has no documented layout (v5.16 and older changed it inside stable series): "
+                            "load the vmlinux with full debug info (the -dbg package)")
+        self.desc, self.loc = got
+        self.loc_type = f"struct {self.loc.name} ({self.loc.source}, no DWARF)"
+        self.dwarf = False
+        self._batch_flags()
+
+    def _batch_flags(self) -> None:
         # v6.0-v6.15 leave vec/nr_entries of the finished batch in place: an int3
         # that arrives late can still be matched against it (MISSED, not OTHER).
-        self.keeps_last_batch = not is_pointer and not self.desc.vec_inline and self.desc.refs_off is not None
+        self.keeps_last_batch = not self.desc.is_pointer and not self.desc.vec_inline and self.desc.refs_off is not None
         # v6.16+: the handler only looks at the batch while this CPU's
         # text_poke_array_refs is non-zero (try_get_text_poke_array()).
         self.percpu_refs = symbol_address("text_poke_array_refs") if self.desc.refs_off is None else None
@@ -273,6 +292,7 @@ class KernelInfo:
             ("per-CPU refs", f"text_poke_array_refs at {self.percpu_refs:#x} + __per_cpu_offset[cpu]"
              if self.percpu_refs else "-"),
             ("iret", f"{IRET} at {self.iret:#x}" if self.iret else "not found (no landing checks)"),
+            ("DWARF", "yes" if self.dwarf else NO_DWARF),
         ]
 
     def to_json(self) -> dict:
@@ -283,7 +303,7 @@ class KernelInfo:
                 "desc_addr": self.desc_addr, "keeps_last_batch": self.keeps_last_batch,
                 "loc_type": self.loc_type, "loc_layout": self.loc.to_json() if self.loc else None,
                 "stext": self.stext,
-                "int3_entry": [self.int3_entry_name, self.int3_entry], "iret": self.iret}
+                "int3_entry": [self.int3_entry_name, self.int3_entry], "iret": self.iret, "dwarf": self.dwarf}
 
     def read_cpu_refs(self, cpu: int) -> int | None:
         """This CPU's text_poke_array_refs (v6.16+), or None where refs are not per CPU."""

@@ -177,6 +177,8 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             _say(f"armed on {', '.join(n for n, _ in c.kinfo.handlers)} (mode {mode}"
                  + (f", injecting {inject}" if inject else "") + "); returns at "
                  + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
+            if not c.kinfo.dwarf:
+                _say(f"vmlinux has no DWARF: {kernel.NO_DWARF[4:]}")
         if duration:
             deadline = _Deadline(c, duration)
             _say(f"running for {duration:g} s")

@@ -159,3 +159,25 @@ def test_qemu_gone_mid_run_keeps_the_events_and_says_so(vm_dir, tmp_path):
         stdout[-3000:]
     assert re.search(r"VERIFIED", stdout), stdout[-3000:]  # the events so far are reported
     assert no_gdb_left(out) and not alive(qemu.pid)
+
+
+def test_vmlinux_without_dwarf_checks_with_the_documented_layouts(vm_dir, tmp_path):
+    """objcopy --strip-debug: symbols only. The check still verifies every emulation,
+    from the era's documented layouts, and says what is unavailable without DWARF."""
+    bare = tmp_path / "nodwarf"
+    bare.mkdir()
+    for f in ("bzImage", "initramfs.cpio.gz"):
+        os.symlink(os.path.join(vm_dir, f), bare / f)
+    subprocess.run(["objcopy", "--strip-debug", os.path.join(vm_dir, "vmlinux"), str(bare / "vmlinux")],
+                   check=True, timeout=120)
+    info = subprocess.run(["gdb", "-batch", "-nx", str(bare / "vmlinux"), "-x", os.path.join(ROOT, "gdb-ftrace.py"),
+                           "-ex", "ftrace-int3 info"], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL).stdout
+    assert re.search(r"^batch element\s+struct text_poke_loc \(v5\.17\+ documented layout, no DWARF\)", info, re.M), info
+    assert re.search(r"^DWARF\s+no: .*unavailable: which sites are ftrace's", info, re.M), info
+    p, _ = driver("--vm", str(bare), "--out", str(tmp_path / "out"), "--toggles", "10")
+    s = summary(p.stdout)
+    assert p.returncode == 0 and s["status"] == "PASS" and s["verified"] >= 20, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "note: the vmlinux has no DWARF" in p.stdout
+    # The livepatched site's CALLs are verified all the same (their targets unnamed without DWARF).
+    assert re.search(r"^cmdline_proc_show\+0x4 .* CALL +CALL +ftrace_caller +VERIFIED", p.stdout, re.M), p.stdout

@@ -235,3 +235,46 @@ def test_v52_single_site_is_a_detour_to_bp_int3_handler():
     ev.verdict, ev.reasons, ev.expected = judge(ev)
     assert ev.verdict == "WRONG-TARGET"
     assert report.group_rows([ev])[0][2] == "-"  # nothing recorded as being installed
+
+
+def test_documented_layouts_without_dwarf_by_descriptor_and_release():
+    from gdb_ftrace.core.batch import DESC_V56_POINTER, DESC_V60_STRUCT, DESC_V616_ARRAY, documented
+    from gdb_ftrace.core.layout import TEXT_POKE_LOC_V517
+
+    assert documented("text_poke_array", "6.16.1") == (DESC_V616_ARRAY, TEXT_POKE_LOC_V517)
+    assert documented("bp_desc", "6.12.117+deb12-cloud-amd64") == (DESC_V60_STRUCT, TEXT_POKE_LOC_V517)
+    assert documented("bp_desc", "6.1.0-56-cloud-amd64") == (DESC_V60_STRUCT, TEXT_POKE_LOC_V517)
+    assert documented("bp_desc", "5.17.3") == (DESC_V56_POINTER, TEXT_POKE_LOC_V517)
+    # 5.10.y: its text_poke_loc depends on the stable release (backport); only DWARF knows.
+    assert documented("bp_desc", "5.10.0-32-cloud-amd64") is None
+    assert documented("bp_patching", "5.4.286") is None
+    assert documented("bp_desc", "") is None
+
+
+def _matrix_kernels():
+    """What gdb read from DWARF on each kernel of `make matrix` (2026-11-26): the meta
+    record of each run's event log."""
+    import json
+
+    with open(os.path.join(DATA, "kernel-meta-matrix-20261126.jsonl")) as f:
+        return [json.loads(line)["kernel"] for line in f]
+
+
+def test_documented_layouts_equal_what_dwarf_said_on_real_kernels():
+    """The no-DWARF layouts, against the layouts gdb read from DWARF of the same kernels;
+    and the kernels that have none are the ones whose layout moved in stable series."""
+    from gdb_ftrace.core.batch import documented
+
+    seen = []
+    for k in _matrix_kernels():
+        got = documented(k["descriptor"]["name"], k["version"])
+        if got is None:
+            seen.append((k["version"], None))
+            continue
+        desc, loc = got
+        assert desc.to_json() == k["descriptor"], k["version"]
+        assert loc.size == k["loc_layout"]["size"]
+        assert {n: [f.offset, f.size, f.signed] for n, f in loc.fields.items()} == k["loc_layout"]["fields"]
+        seen.append((k["version"], desc.name))
+    assert seen == [("5.10.0-32-cloud-amd64", None), ("6.1.0-56-cloud-amd64", "bp_desc"),
+                    ("6.12.117+deb12-cloud-amd64", "bp_desc"), ("7.3.4+deb13-cloud-amd64", "text_poke_array")]
