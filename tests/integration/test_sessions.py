@@ -181,3 +181,37 @@ def test_vmlinux_without_dwarf_checks_with_the_documented_layouts(vm_dir, tmp_pa
     assert "note: the vmlinux has no DWARF" in p.stdout
     # The livepatched site's CALLs are verified all the same (their targets unnamed without DWARF).
     assert re.search(r"^cmdline_proc_show\+0x4 .* CALL +CALL +ftrace_caller +VERIFIED", p.stdout, re.M), p.stdout
+
+
+def test_arm_in_a_session_stopped_mid_run_keeps_the_users_breakpoints(vm_dir, tmp_path):
+    """A developer's own gdb: attached to a running KASLR guest (stopped wherever it was),
+    with a breakpoint of their own. arm finds the slide and moves the symbols (their
+    breakpoint follows), run checks, disarm leaves nothing of ours in."""
+    qemu, port = user_qemu(vm_dir, tmp_path)
+    interrupt_later = ("python import threading; threading.Timer(12, lambda: gdb.post_event("
+                       "lambda: gdb.execute('interrupt'))).start()")
+    probe = ("python from gdb_ftrace.gdb_layer import kernel; k = kernel.info(); "
+             "print('OURS', ' '.join(hex(a) for a in [k.handler, k.int3_entry, k.iret] + [r for _, r in k.returns]))")
+    try:
+        p = subprocess.run(
+            ["gdb", "-batch", "-nx", os.path.join(vm_dir, "vmlinux"), "-x", os.path.join(ROOT, "gdb-ftrace.py"),
+             "-ex", f"target remote 127.0.0.1:{port}", "-ex", "break panic",
+             "-ex", f"ftrace-int3 arm --mode full --json {tmp_path}/ev.jsonl", "-ex", "info breakpoints",
+             "-ex", "p/x (unsigned long)&panic", "-ex", probe, "-ex", interrupt_later, "-ex", "ftrace-int3 run",
+             "-ex", "ftrace-int3 disarm", "-ex", "info breakpoints", "-ex", "maint info breakpoints",
+             "-ex", "ftrace-int3 report", "-ex", "detach"],
+            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        out = p.stdout + p.stderr
+        assert re.search(r"ftrace-int3: kernel located, slide 0x[0-9a-f]+ \(KASLR on", out), out[-3000:]
+        panic = re.search(r"^\$1 = (0x[0-9a-f]+)", out, re.M)[1]
+        user_bp = re.findall(r"^1\s+breakpoint\s+keep\s+y\s+(0x[0-9a-f]+)\s+in panic ", out, re.M)
+        assert len(user_bp) >= 2 and set(user_bp) == {panic}, (user_bp, panic)  # moved with the symbols, still there after disarm
+        assert re.search(r"ftrace-int3 report: PASS events=\d+ verified=[1-9]", out), out[-3000:]
+        ours = re.search(r"^OURS (.*)$", out, re.M)[1].split()
+        after = out[out.index("disarmed;"):]
+        for addr in ours:
+            assert addr not in after.split("ftrace-int3 report")[0], (addr, after[:3000])
+        assert qmp(str(tmp_path / "qmp.sock"), "query-status")["status"] == "running"
+    finally:
+        qemu.kill()
+        qemu.wait(timeout=30)
