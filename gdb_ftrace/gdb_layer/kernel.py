@@ -310,17 +310,8 @@ class KernelInfo:
         if self.percpu_refs is None or self.per_cpu_offset is None:
             return None
         base = mem.read_u64(self.per_cpu_offset + 8 * cpu)
-        raw = mem.try_read((base + self.percpu_offset(self.percpu_refs)) & MASK64, 4)
+        raw = mem.try_read((base + self.percpu_refs) & MASK64, 4)
         return int.from_bytes(raw, "little", signed=True) if raw is not None else None
-
-    @staticmethod
-    def percpu_offset(addr: int) -> int:
-        """A per-CPU variable's offset: its link address (.data..percpu is linked at 0), which
-        `symbol-file -o SLIDE` moved along with everything else."""
-        from .slide import applied
-
-        slide = applied.get(gdb.current_progspace().filename or "", 0)
-        return addr - slide if addr < 0xFFFFFFFF80000000 and addr >= slide else addr
 
     def read_decision(self, handler: str, site: int) -> tuple[Batch, dict | None]:
         """What `handler` decides an int3 at `site` by: the batch, or for

@@ -24,6 +24,7 @@ from .kernel import INT3_ENTRIES, symbol_address
 # What the symbols in gdb have been moved by (symbol-file -o), per vmlinux path.
 applied: dict[str, int] = {}
 located: kaslr.Location | None = None
+vmlinux: str | None = None  # the path relocate() loaded with add-symbol-file (not the main symbol file then)
 
 
 @contextlib.contextmanager
@@ -38,10 +39,13 @@ def _from_target():
 
 
 def _vmlinux_path() -> str:
+    """The vmlinux gdb has: the main symbol file, or the one relocate() added."""
     path = gdb.current_progspace().filename
-    if not path:
-        raise UserError("no vmlinux loaded (file /path/to/vmlinux)")
-    return path
+    if path:
+        return path
+    if vmlinux and any(o.filename == vmlinux for o in gdb.objfiles()):
+        return vmlinux
+    raise UserError("no vmlinux loaded (file /path/to/vmlinux)")
 
 
 def idt() -> tuple[int, str]:
@@ -148,15 +152,39 @@ class WrongKernel(UserError):
 
 
 def relocate(loc: kaslr.Location) -> bool:
-    """Move gdb's symbols to the running kernel; True when they were reloaded."""
+    """Move gdb's symbols to the running kernel; True when they were reloaded.
+
+    `add-symbol-file -o SLIDE -s .data..percpu 0`: every section moves by the slide
+    except the per-CPU one, linked at 0 on x86_64 SMP, whose symbols are offsets
+    from each CPU's base and do not move (so per-CPU reads stay right, ours and
+    those of the kernel's own lx-* scripts)."""
+    global vmlinux
     path = _vmlinux_path()
     if applied.get(path, 0) == loc.slide:
         return False
-    gdb.execute(f"symbol-file -o {loc.slide:#x} '{path}'", to_string=True)
+    keep = ""
+    try:
+        if elf.section_addr(path, ".data..percpu") == 0:
+            keep = " -s .data..percpu 0"
+    except (OSError, elf.ElfError):
+        pass
+    confirm = gdb.parameter("confirm")
+    # gdb disables a breakpoint whose symbols are discarded; the user's come back as they were.
+    users = [(b, b.enabled) for b in gdb.breakpoints() if b.is_valid()]
+    gdb.execute("set confirm off", to_string=True)
+    try:
+        gdb.execute("symbol-file", to_string=True)
+        gdb.execute(f"add-symbol-file '{path}' -o {loc.slide:#x}{keep}", to_string=True)
+    finally:
+        gdb.execute(f"set confirm {'on' if confirm else 'off'}", to_string=True)
+        for b, enabled in users:
+            if b.is_valid() and b.enabled != enabled:
+                b.enabled = enabled
     try:
         gdb.execute("exec-file", to_string=True)  # its sections stay at link addresses
     except gdb.error:
         pass
+    vmlinux = path
     applied[path] = loc.slide
     return True
 

@@ -197,13 +197,15 @@ def test_arm_in_a_session_stopped_mid_run_keeps_the_users_breakpoints(vm_dir, tm
             ["gdb", "-batch", "-nx", os.path.join(vm_dir, "vmlinux"), "-x", os.path.join(ROOT, "gdb-ftrace.py"),
              "-ex", f"target remote 127.0.0.1:{port}", "-ex", "break panic",
              "-ex", f"ftrace-int3 arm --mode full --json {tmp_path}/ev.jsonl", "-ex", "info breakpoints",
-             "-ex", "p/x (unsigned long)&panic", "-ex", probe, "-ex", interrupt_later, "-ex", "ftrace-int3 run",
+             "-ex", "p/x (unsigned long)&panic", "-ex", "p/x (unsigned long)&__per_cpu_start", "-ex", probe, "-ex", interrupt_later, "-ex", "ftrace-int3 run",
              "-ex", "ftrace-int3 disarm", "-ex", "info breakpoints", "-ex", "maint info breakpoints",
              "-ex", "ftrace-int3 report", "-ex", "detach"],
             capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
         out = p.stdout + p.stderr
         assert re.search(r"ftrace-int3: kernel located, slide 0x[0-9a-f]+ \(KASLR on", out), out[-3000:]
         panic = re.search(r"^\$1 = (0x[0-9a-f]+)", out, re.M)[1]
+        # Per-CPU symbols are offsets (linked at 0): they must not move with the slide.
+        assert re.search(r"^\$2 = 0x0$", out, re.M), out[-3000:]
         user_bp = re.findall(r"^1\s+breakpoint\s+keep\s+y\s+(0x[0-9a-f]+)\s+in panic ", out, re.M)
         assert len(user_bp) >= 2 and set(user_bp) == {panic}, (user_bp, panic)  # moved with the symbols, still there after disarm
         assert re.search(r"ftrace-int3 report: PASS events=\d+ verified=[1-9]", out), out[-3000:]

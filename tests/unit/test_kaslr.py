@@ -51,15 +51,19 @@ def test_banner_search_skips_format_strings_and_reads_the_release():
 
 
 def _tiny_elf(addr: int, payload: bytes) -> bytes:
-    """An ELF64 file with a null section and one PROGBITS section at addr."""
-    shoff = 64 + len(payload)
+    """An ELF64 file: a null section, `.rodata` (PROGBITS) at addr, `.data..percpu` at 0,
+    and the section name table."""
+    names = b"\0.rodata\0.data..percpu\0.shstrtab\0"
+    shoff = 64 + len(payload) + len(names)
     header = bytearray(64)
     header[:6] = b"\x7fELF\x02\x01"
     struct.pack_into("<Q", header, 0x28, shoff)
-    struct.pack_into("<HH", header, 0x3A, 64, 2)
-    null = bytes(64)
-    sec = struct.pack("<IIQQQQ", 1, 1, 2, addr, 64, len(payload)) + bytes(64 - 40)
-    return bytes(header) + payload + null + sec
+    struct.pack_into("<HHH", header, 0x3A, 64, 4, 3)
+
+    def sec(name, typ, a, off, size):
+        return struct.pack("<IIQQQQ", name, typ, 2, a, off, size) + bytes(64 - 40)
+    return (bytes(header) + payload + names + bytes(64) + sec(1, 1, addr, 64, len(payload))
+            + sec(9, 1, 0, 64, 8) + sec(23, 3, 0, 64 + len(payload), len(names)))
 
 
 def test_elf_read_at_a_link_address(tmp_path):
@@ -69,6 +73,9 @@ def test_elf_read_at_a_link_address(tmp_path):
     assert elf.read_at(str(p), 0xFFFFFFFF82000000 + 24, 100) == b"tail"  # clipped at the section's end
     with pytest.raises(elf.ElfError):
         elf.read_at(str(p), 0xFFFFFFFF81000000, 4)
+    assert elf.section_addr(str(p), ".rodata") == 0xFFFFFFFF82000000
+    assert elf.section_addr(str(p), ".data..percpu") == 0  # what relocate() keeps at 0
+    assert elf.section_addr(str(p), ".text") is None
     (tmp_path / "not-elf").write_bytes(b"#!/bin/sh\n" + bytes(80))
     with pytest.raises(elf.ElfError):
         elf.read_at(str(tmp_path / "not-elf"), 0, 4)
