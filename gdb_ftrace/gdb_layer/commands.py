@@ -139,8 +139,9 @@ class Info(_Sub):
 
         from . import slide
 
+        kernel.info()  # a vmlinux with a text-patch handler, or a clear error
         try:
-            where = slide.ensure().describe()  # first: it may move the symbols
+            where = slide.ensure().describe() if slide.connected() else "unknown: not connected to a target"
         except slide.NotUpYet as e:
             where = f"unknown: the kernel is not up ({e})"
         except gdb.error as e:
@@ -173,7 +174,10 @@ class Arm(_Sub):
 
         if old is not None:
             old.close()
+        kernel.info()
         try:
+            if not slide.connected():
+                raise slide.NotUpYet("not connected")
             loc = slide.ensure()
             gdb.write(f"ftrace-int3: kernel located, slide {loc.describe()}\n")
         except slide.NotUpYet:

@@ -48,6 +48,14 @@ def _vmlinux_path() -> str:
     raise UserError("no vmlinux loaded (file /path/to/vmlinux)")
 
 
+def connected() -> bool:
+    """A live target to read (not just a vmlinux file)."""
+    try:
+        return bool(gdb.selected_inferior().pid) and bool(gdb.selected_inferior().threads())
+    except gdb.error:
+        return False
+
+
 def idt() -> tuple[int, str]:
     """The IDT base and where it came from."""
     try:
