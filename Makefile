@@ -18,10 +18,13 @@ JSON     ?=
 TIMEOUT  ?=
 SAMPLE   ?=
 INJECT   ?=
+KTAP     ?=
+JUNIT    ?=
 
 CHECK_ARGS = --scenario '$(SCENARIO)' $(if $(TOGGLES),--toggles '$(TOGGLES)') --accel '$(ACCEL)' $(if $(MODE),--mode '$(MODE)') \
 	--kaslr '$(KASLR)' $(if $(TIMEOUT),--timeout '$(TIMEOUT)') \
-	$(if $(SAMPLE),--sample '$(SAMPLE)') $(if $(INJECT),--inject '$(INJECT)') $(if $(JSON),--json '$(JSON)')
+	$(if $(SAMPLE),--sample '$(SAMPLE)') $(if $(INJECT),--inject '$(INJECT)') $(if $(JSON),--json '$(JSON)') \
+	$(if $(KTAP),--ktap '$(abspath $(KTAP))') $(if $(JUNIT),--junit '$(abspath $(JUNIT))')
 
 RUNS     ?= 10
 
@@ -35,7 +38,7 @@ help:
 	@echo "  make soak    the check RUNS=$(RUNS) times in a row, one line per run"
 	@echo "  make matrix  the check on one kernel of each era (v5.4 from KSRC or ../shared/kernels, 5.10, 6.1, 6.12, 7.x)"
 	@echo "  make unit-test | integration-test"
-	@echo "variables: KERNEL KSRC SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault>"
+	@echo "variables: KERNEL KSRC SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault> KTAP=<file> JUNIT=<file>"
 
 setup:
 	@scripts/setup-host
@@ -55,7 +58,8 @@ soak: setup
 
 # The default check on one kernel of each era (v5.4 from source, 5.10, 6.1, 6.12, 7.x).
 matrix: setup
-	@$(PY) scripts/matrix $(if $(KSRC),--ksrc '$(KSRC)')
+	@$(PY) scripts/matrix $(if $(KSRC),--ksrc '$(KSRC)') $(if $(KTAP),--ktap '$(abspath $(KTAP))') \
+		$(if $(JUNIT),--junit '$(abspath $(JUNIT))')
 
 # What the checker costs, side by side in one run: no gdb / gdb attached / armed.
 bench: setup

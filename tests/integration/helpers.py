@@ -109,3 +109,41 @@ def qmp(sock_path: str, command: str) -> dict:
                 if "return" in reply or "error" in reply:
                     break
         return reply.get("return", reply)
+
+
+def kunit_parse(path) -> dict:
+    """Parse a KTAP file with the kernel's own tools/testing/kunit/kunit_parser.py (from
+    Debian's linux-source-6.*, scripts/get-kunit-parser): its counts, status, errors and
+    the names and statuses of the tests (one level of subtests)."""
+    import json
+
+    d = subprocess.run([os.path.join(ROOT, "scripts", "get-kunit-parser")], capture_output=True, text=True,
+                       timeout=900, stdin=subprocess.DEVNULL)
+    assert d.returncode == 0, d.stderr
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {d.stdout.strip()!r})\n"
+        "import kunit_parser\n"
+        f"t = kunit_parser.parse_run_tests(open({str(path)!r}).read().splitlines())\n"
+        "def one(x): return {'name': x.name, 'status': x.status.name, 'counts': vars(x.counts),\n"
+        "                    'errors': x.counts.errors, 'subtests': [one(s) for s in x.subtests]}\n"
+        "print('RESULT ' + json.dumps(one(t)))\n")
+    p = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=120)
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    assert p.returncode == 0 and line, p.stdout[-2000:] + p.stderr[-2000:]
+    return json.loads(line[-1][len("RESULT "):])
+
+
+def junit_read(path) -> list[dict]:
+    """Load a JUnit file with junitparser (a real consumer): per suite, the tests and the
+    failed cases with their failure messages."""
+    from junitparser import Failure, JUnitXml, Skipped
+
+    out = []
+    for suite in JUnitXml.fromfile(str(path)):
+        cases = list(suite)
+        failed = {c.name: r.message for c in cases for r in c.result if isinstance(r, Failure)}
+        skipped = [c.name for c in cases if any(isinstance(r, Skipped) for r in c.result)]
+        out.append({"name": suite.name, "tests": suite.tests, "failures": suite.failures, "cases": len(cases),
+                    "failed": failed, "skipped": skipped})
+    return out

@@ -6,12 +6,16 @@ import signal
 import subprocess
 import time
 
-from .helpers import (ROOT, alive, listening_addrs, pids_matching, start_check, summary, wait_for)
+from .helpers import (ROOT, alive, junit_read, kunit_parse, listening_addrs, pids_matching, start_check, summary,
+                      wait_for)
 
 
-def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir):
-    """Issue 2 acceptance, as the user types it: `make check` with 30 toggles."""
-    env = dict(os.environ, KERNEL=os.path.basename(vm_dir.rstrip("/")))
+def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir, tmp_path):
+    """Issue 2 acceptance, as the user types it: `make check` with 30 toggles; and
+    issue 12's: KTAP=/JUNIT= files that the kernel's KTAP parser and a JUnit reader
+    read with the right counts."""
+    env = dict(os.environ, KERNEL=os.path.basename(vm_dir.rstrip("/")),
+               KTAP=str(tmp_path / "check.ktap"), JUNIT=str(tmp_path / "check.xml"))
     t0 = time.monotonic()
     p = subprocess.run(["make", "check"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=900)
@@ -34,6 +38,14 @@ def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir):
     assert not re.search(r"\[vm\] (downloading|extracting|building|adding)", p.stderr), p.stderr
     assert "[vm] VM ready" in p.stderr
     print(f"make check: {took:.1f}s; {p.stdout.splitlines()[-1]}")
+    rows = [l for l in p.stdout.splitlines() if re.search(r"  (VERIFIED|OTHER) +\d+  ", l)]
+    groups = {tuple(re.split(r"\s{2,}", l)[i] for i in (0, 1, 3, 4)) for l in rows}
+    k = kunit_parse(tmp_path / "check.ktap")
+    assert k["status"] == "SUCCESS" and k["counts"]["failed"] == 0 and k["errors"] == 0, k
+    # One test per site group (the int3 self-test's group is a SKIP) and six whole-run ones.
+    assert k["counts"]["passed"] + k["counts"]["skipped"] == len(groups) + 6, (k["counts"], groups)
+    j = junit_read(tmp_path / "check.xml")
+    assert len(j) == 1 and j[0]["failures"] == 0 and j[0]["cases"] == len(groups) + 6, j
     # One report: `ftrace-int3 report --json` in gdb prints what the driver printed,
     # from the same event log, line for line (all but the guest's counts in the last line).
     logs = re.search(r"^logs: (\S+)$", p.stdout, re.M)[1]

@@ -9,7 +9,7 @@ import pytest
 from gdb_ftrace.core import report
 from gdb_ftrace.core.verdict import FAIL_VERDICTS
 
-from .helpers import start_check, summary
+from .helpers import junit_read, kunit_parse, start_check, summary
 
 EXPECTED = {  # mode -> the verdict it must produce
     "skip-call": "WRONG-TARGET",
@@ -20,7 +20,8 @@ EXPECTED = {  # mode -> the verdict it must produce
 
 
 def run_injected(vm_dir, out, mode):
-    p = start_check(vm_dir, out, "--toggles", "10", "--timeout", "300", "--inject", mode)
+    p = start_check(vm_dir, out, "--toggles", "10", "--timeout", "300", "--inject", mode,
+                    "--ktap", os.path.join(out, "r.ktap"), "--junit", os.path.join(out, "r.xml"))
     stdout, stderr = p.communicate(timeout=420)
     events, meta = report.load_events(os.path.join(out, "events.jsonl"))
     run = json.load(open(os.path.join(out, "run.json")))
@@ -44,6 +45,16 @@ def test_injected_fault_gives_its_verdict(vm_dir, tmp_path, mode):
     if mode == "skip-call":
         # The pre-seed behaviour lets the livepatched function's old body run.
         assert s["guest_unpatched"] > 0
+        # For a fleet: the kernel's KTAP parser and a JUnit reader see the same failures.
+        k = kunit_parse(tmp_path / "r.ktap")
+        assert k["status"] == "FAILURE" and k["errors"] == 0, k
+        failed = {t["name"] for t in k["subtests"] if t["status"] == "FAILURE"}
+        assert failed == {"guest unpatched reads = 0"} | {
+            t["name"] for t in k["subtests"] if t["name"].startswith("cmdline_proc_show+0x4 ftrace CALL")}, failed
+        assert k["counts"]["failed"] == len(failed) >= 2
+        j = junit_read(tmp_path / "r.xml")[0]
+        assert set(j["failed"]) == failed and j["failures"] == len(failed)
+        assert all(m.startswith("WRONG-TARGET #") for n, m in j["failed"].items() if n.startswith("cmdline"))
         assert {ev.site_sym for ev in hit} == {"cmdline_proc_show+0x4"}
         assert all(ev.after["ip"] == ev.site + 5 for ev in hit)
     if mode == "wrong-return":
