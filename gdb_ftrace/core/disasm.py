@@ -24,3 +24,33 @@ def call_return_sites(insns: Iterable[tuple[int, int, str]], callee: int) -> lis
         if m and int(m.group(1), 16) == callee:
             out.append(addr + length)
     return out
+
+
+_OBJDUMP_LINE = re.compile(r"^\s*([0-9a-f]+):\s+((?:[0-9a-f]{2} )+)\s*(.*)$")
+
+
+def objdump_bytes(data: bytes, addr: int, timeout: float = 10.0) -> list[tuple[int, str, str]]:
+    """(address, hex bytes, instruction) of raw x86_64 bytes as if at addr, by binutils'
+    objdump (for bytes that are not in memory any more: what was at a site, what a
+    batch installs). [] when objdump is missing or fails."""
+    import os
+    import subprocess
+    import tempfile
+
+    if not data:
+        return []
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
+        f.write(data)
+    try:
+        out = subprocess.run(["objdump", "-D", "-b", "binary", "-m", "i386:x86-64", f"--adjust-vma={addr:#x}",
+                              f.name], capture_output=True, text=True, timeout=timeout).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    finally:
+        os.unlink(f.name)
+    rows = []
+    for line in out.splitlines():
+        m = _OBJDUMP_LINE.match(line)
+        if m:
+            rows.append((int(m[1], 16), m[2].strip(), " ".join(m[3].split())))
+    return rows

@@ -55,26 +55,43 @@ def group_rows(events: Iterable[Int3Event]) -> list[tuple]:
 
 
 def render_table(rows: list[tuple], headers=HEADERS, limit: int | None = None) -> str:
-    """The grouped rows as a table. With `limit`, FAIL-class and MISSED rows are all
-    shown and the rest up to `limit` rows (the most frequent first), then a count."""
+    """The grouped rows as a table, numbered (the `#` column: `ftrace-int3 show N` shows an
+    event of row N). With `limit`, FAIL-class and MISSED rows are all shown and the rest
+    up to `limit` rows (the most frequent first), then a count."""
     from tabulate import tabulate  # imported here so the core imports without it
 
     if not rows:
         return "(no int3 events)"
+    numbered = [(i,) + tuple(r) for i, r in enumerate(rows, 1)]
     hidden: list[tuple] = []
     if limit is not None and len(rows) > limit:
-        keep = [r for r in rows if verdict_class(r[COL_VERDICT]) in ("failed", "missed")]
-        rest = [r for r in rows if verdict_class(r[COL_VERDICT]) not in ("failed", "missed")]
+        keep = [r for r in numbered if verdict_class(r[1 + COL_VERDICT]) in ("failed", "missed")]
+        rest = [r for r in numbered if verdict_class(r[1 + COL_VERDICT]) not in ("failed", "missed")]
         room = max(limit - len(keep), 0)
-        rows, hidden = keep + rest[:room], rest[room:]
-    out = tabulate(rows, headers=headers, tablefmt="simple",
-                   colalign=tuple("right" if h == "count" else "left" for h in headers))
+        numbered, hidden = keep + rest[:room], rest[room:]
+    out = tabulate(numbered, headers=("#",) + tuple(headers), tablefmt="simple",
+                   colalign=("right",) + tuple("right" if h == "count" else "left" for h in headers))
     if hidden:
-        kinds = collections.Counter(r[COL_EMULATED] for r in hidden)
-        out += (f"\n... {len(hidden)} more rows ({sum(r[COL_COUNT] for r in hidden)} events, all "
-                + "/".join(sorted({r[COL_VERDICT] for r in hidden})) + "; "
+        kinds = collections.Counter(r[1 + COL_EMULATED] for r in hidden)
+        out += (f"\n... {len(hidden)} more rows ({sum(r[1 + COL_COUNT] for r in hidden)} events, all "
+                + "/".join(sorted({r[1 + COL_VERDICT] for r in hidden})) + "; "
                 + ", ".join(f"{k} {n}" for k, n in kinds.most_common()) + " rows): see the JSON event log")
     return out
+
+
+def row_key(ev: Int3Event) -> tuple:
+    """The table row an event belongs to (without count and cpus)."""
+    return group_rows([ev])[0][:COL_COUNT]
+
+
+def row_events(events: list[Int3Event], n: int) -> tuple[tuple, list[Int3Event]]:
+    """Row n (1-based, as the report numbers them) and its events, failed ones first."""
+    rows = group_rows(events)
+    if not 1 <= n <= len(rows):
+        raise IndexError(f"row {n} does not exist: the report has {len(rows)} row(s)")
+    key = rows[n - 1][:COL_COUNT]
+    evs = [ev for ev in events if row_key(ev) == key]
+    return rows[n - 1], evs
 
 
 def followup_words(fu: FollowUp) -> str:

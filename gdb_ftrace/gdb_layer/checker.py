@@ -46,6 +46,7 @@ class Checker:
             self.log.meta(kernel=k.to_json(), armed_at=time.time(), mode=mode.value, sample=sample, inject=inject,
                           slide=slide.located.to_json() if slide.located else None)
         self.bps = BreakpointSet()  # bps.errors: exceptions in the stop callbacks (checker bugs)
+        self.listeners: list = []  # called with each finished event (the interactive status line)
 
     events = property(lambda self: self.tracker.events)
     armed = property(lambda self: bool(self.bps))
@@ -131,13 +132,16 @@ class Checker:
         ev = self.tracker.step_pending
         if ev is None:
             return
-        if vcpu_index() != ev.cpu:
-            gdb.execute(f"thread {ev.cpu + 1}", to_string=True)
         try:
-            gdb.execute("stepi", to_string=True)
+            # Silently: gdb 13 prints the frame of a CLI `thread N` and `stepi` even under
+            # to_string (hundreds of lines in an interactive `run`); the Python thread switch
+            # and the MI step print nothing. scheduler-locking step applies to both.
+            if vcpu_index() != ev.cpu:
+                next(t for t in gdb.selected_inferior().threads() if t.num == ev.cpu + 1).switch()
+            gdb.execute('interpreter-exec mi "-exec-step-instruction"', to_string=True)
             stop = T.LandingStop(ev.cpu, reg("rip"), reg("rsp"), mem.try_read_u64(reg("rsp")))
-        except gdb.error as e:
-            stop = T.LandingStop(ev.cpu, error=str(e))
+        except (gdb.error, StopIteration) as e:
+            stop = T.LandingStop(ev.cpu, error=str(e) or f"no thread {ev.cpu + 1}")
         done = self.injector and self.injector.after_landing(ev)
         self._feed(dataclasses.replace(stop, injected=(done,)) if done else stop)
         self.bps.sync()
@@ -146,6 +150,8 @@ class Checker:
         symbols.name_event(ev)
         if self.log:
             self.log.event(ev)
+        for fn in self.listeners:
+            fn(ev)
         if self.echo:
             gdb.write(f"[ftrace-int3] {report.event_line(ev)}\n")
 

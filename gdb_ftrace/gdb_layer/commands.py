@@ -10,6 +10,7 @@ run, and turn a UserError into a gdb error.
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 
 import gdb
@@ -83,14 +84,13 @@ class _Sub(gdb.Command):
     example = ""
     needs_armed = False
     command_class = gdb.COMMAND_DATA
-    completer = gdb.COMPLETE_NONE
 
     def __init__(self) -> None:
         self.parser = _Parser(prog=f"ftrace-int3 {self.name}", formatter_class=_Formatter, add_help=True,
                               epilog=self.epilog + (f"\nexample: {self.example}" if self.example else ""))
         self.arguments(self.parser)
         self.__doc__ = self.summary + "\n\n" + self.parser.format_help().rstrip()
-        super().__init__(f"ftrace-int3 {self.name}", self.command_class, self.completer)
+        super().__init__(f"ftrace-int3 {self.name}", self.command_class)  # complete() below completes
 
     def arguments(self, p: argparse.ArgumentParser) -> None:
         pass
@@ -109,6 +109,39 @@ class _Sub(gdb.Command):
 
     def run(self, args: argparse.Namespace, c: "checker.Checker | None") -> None:
         raise NotImplementedError
+
+    def complete(self, text: str, word: str):
+        """Complete from the argparse declaration: an option's fixed values after it, the
+        positional's values, else the option names; a FILE argument completes as a file.
+        gdb breaks words at '-' too, so the token is taken from `text` and each match is
+        returned relative to gdb's `word`."""
+        words = text.split()
+        cur = "" if not words or text.endswith(" ") else words[-1]
+        prev = (words[-1] if cur == "" else words[-2]) if len(words) > (0 if cur == "" else 1) else ""
+        acts = {o: a for a in self.parser._actions for o in a.option_strings}
+        act = acts.get(prev)
+        if act is not None and act.nargs != 0:
+            if act.metavar == "FILE":
+                import glob  # noqa: PLC0415
+                import os
+
+                matches = sorted(m + ("/" if os.path.isdir(m) else "") for m in glob.glob(os.path.expanduser(cur) + "*"))
+            else:
+                matches = [str(v) for v in self.values(act) if str(v).startswith(cur)]
+        elif cur.startswith("-"):
+            matches = sorted(o for o in acts if o.startswith(cur))
+        else:
+            pos = [a for a in self.parser._actions if not a.option_strings]
+            matches = [str(v) for a in pos for v in self.values(a) if str(v).startswith(cur)]
+        cut = len(cur) - len(word or "")
+        return [m[cut:] for m in matches]
+
+    def values(self, act) -> list:
+        if act.choices:
+            return [getattr(v, "value", v) for v in act.choices]
+        if act.dest == "mode":
+            return list(check_mode.NAMES)
+        return []
 
 
 class FtraceInt3(gdb.Command):
@@ -160,7 +193,6 @@ class Arm(_Sub):
               + MODES_EPILOG)
     example = "ftrace-int3 arm --mode handler --json /tmp/ftrace-int3.jsonl"
     command_class = gdb.COMMAND_BREAKPOINTS
-    completer = gdb.COMPLETE_FILENAME
 
     def arguments(self, p) -> None:
         _add_mode(p)
@@ -205,17 +237,23 @@ class Run(_Sub):
     summary = "Resume the guest with the checker armed, stepping over its landing stops, until Ctrl-C."
     epilog = ("Like 'continue', but when the checker stops at the iretq of an emulated int3 (modes\n"
               "landing/full) it single-steps that vCPU (the others stay stopped), records where it\n"
-              "landed, and resumes. Returns when the guest exits, gdb is interrupted (Ctrl-C) or the\n"
-              "guest stops for a reason of its own.")
+              "landed, and resumes, printing nothing for those stops. On a terminal one status line\n"
+              "(int3s, verdict counts, the last site) is redrawn in place. Returns when the guest\n"
+              "exits, gdb is interrupted (Ctrl-C) or the guest stops for a reason of its own.")
     example = "ftrace-int3 run"
     needs_armed = True
     command_class = gdb.COMMAND_RUNNING
 
     def run(self, args, c) -> None:
-        from . import runner
+        from . import interactive, runner
 
-        why = runner.drive(c)
-        gdb.write(f"ftrace-int3: {why}; {len(c.events)} event(s) so far ('ftrace-int3 report')\n")
+        line = interactive.StatusLine(c, interactive.terminal())
+        try:
+            why = runner.drive(c)
+        finally:
+            line.close()
+        gdb.write(f"ftrace-int3: {why}; {line.text()[len('[ftrace-int3] '):]} "
+                  f"({len(c.events)} event(s) in all; 'ftrace-int3 report', 'ftrace-int3 show N')\n")
 
 
 class Inject(_Sub):
@@ -230,9 +268,6 @@ class Inject(_Sub):
 
     def arguments(self, p) -> None:
         p.add_argument("fault", choices=self.choices, help="the bug to reproduce, or off")
-
-    def complete(self, text, word):
-        return [m for m in self.choices if m.startswith(word or "")]
 
     def run(self, args, c) -> None:
         from .inject import Injector
@@ -259,6 +294,103 @@ class Disarm(_Sub):
         gdb.write(f"ftrace-int3: disarmed; {len(c.events)} event(s) kept for 'ftrace-int3 report'\n")
 
 
+class Status(_Sub):
+    name = "status"
+    summary = "Say whether the checker is armed, how, on which kernel, and the events so far by verdict."
+    example = "ftrace-int3 status"
+
+    def run(self, args, c) -> None:
+        from tabulate import tabulate
+
+        from ..core.verdict import verdict_class
+        from . import slide
+
+        rows = [("armed", "no" if c is None or not c.armed else "yes")]
+        if c is not None:
+            k = c.kinfo
+            rows += [("mode", f"{c.mode}" + (f", sample {c.tracker.sample}" if getattr(c.tracker, "sample", 0) else "")),
+                     ("kernel", f"{k.version or '?'}, era {k.era} ({', '.join(n for n, _ in k.handlers)})"),
+                     ("slide", slide.located.describe() if slide.located else "not located (armed at link addresses)"),
+                     ("injection", c.injector.describe() if c.injector else "none"),
+                     ("event log", c.log.path if c.log is not None and hasattr(c.log, "path") else "-")]
+            counts = collections.Counter(ev.verdict for ev in c.events)
+            by_class = collections.Counter(verdict_class(v) for v in counts.elements())
+            rows.append(("events", f"{len(c.events)}: " + (", ".join(f"{v} {n}" for v, n in counts.most_common())
+                                                            or "none yet")))
+            rows.append(("open", f"{len(c.tracker.open_events())} (taken, not finished)"))
+            rows.append(("so far", "FAIL" if by_class["failed"] or by_class["missed"] else
+                         "ok" if by_class["verified"] else "nothing verified yet"))
+        else:
+            rows.append(("next", "ftrace-int3 arm (help ftrace-int3 arm)"))
+        gdb.write(tabulate(rows, tablefmt="plain") + "\n")
+
+
+class Show(_Sub):
+    name = "show"
+    summary = "Show one event in full: the site disassembled, pt_regs before and after, the gap, the verdict."
+    epilog = ("ROW is a row number of 'ftrace-int3 report' (its # column): the row's first failed\n"
+              "event, else its first event. --failed: the first FAIL-class or MISSED event. --seq N:\n"
+              "event number N (the #N in the explanations). Old bytes and the batch's new bytes are\n"
+              "disassembled with objdump; colours on a terminal when gdb's styling is on.")
+    example = "ftrace-int3 show 1"
+
+    def arguments(self, p) -> None:
+        p.add_argument("row", nargs="?", type=int, metavar="ROW", help="a row number of the report")
+        p.add_argument("--failed", action="store_true", help="the first failed or missed event")
+        p.add_argument("--seq", type=int, metavar="N", help="event #N")
+        p.add_argument("--json", metavar="FILE", help="read the events from this event log")
+
+    def values(self, act) -> list:
+        if act.dest == "row":
+            c = checker.active
+            return list(range(1, len(report.group_rows(c.events)) + 1)) if c is not None else []
+        return super().values(act)
+
+    def run(self, args, c) -> None:
+        from ..core import show
+        from ..core.disasm import objdump_bytes
+        from ..core.verdict import verdict_class
+        from . import interactive
+
+        if args.json:
+            try:
+                events, _meta = report.load_events(args.json)
+            except OSError as e:
+                raise UserError(f"cannot read {args.json}: {e}") from None
+        elif c is not None:
+            events = c.events
+        else:
+            raise UserError("no events: run 'ftrace-int3 arm' first (or give --json FILE)")
+        if not events:
+            raise UserError("no finished events yet")
+        row, same = None, 1
+        if args.seq is not None:
+            ev = next((e for e in events if e.seq == args.seq), None)
+            if ev is None:
+                raise UserError(f"no event #{args.seq} (events #{events[0].seq}..#{events[-1].seq})")
+        elif args.failed:
+            ev = next((e for e in events if verdict_class(e.verdict) in ("failed", "missed")), None)
+            if ev is None:
+                raise UserError(f"no failed or missed event among {len(events)}")
+        elif args.row is not None:
+            try:
+                _r, evs = report.row_events(events, args.row)
+            except IndexError as e:
+                raise UserError(str(e)) from None
+            ev = next((e for e in evs if verdict_class(e.verdict) in ("failed", "missed")), evs[0])
+            row, same = args.row, len(evs)
+        else:
+            raise UserError("which event? give a report ROW, --failed or --seq N")
+        if row is None:
+            key = report.row_key(ev)
+            rows = report.group_rows(events)
+            row = next((i for i, r in enumerate(rows, 1) if tuple(r[:report.COL_COUNT]) == key), None)
+            same = rows[row - 1][report.COL_COUNT] if row else 1
+        on = interactive.terminal()
+        style.set_enabled(on)
+        gdb.write("\n".join(show.render(ev, row, objdump_bytes, interactive.highlighter(), same)) + "\n")
+
+
 class Report(_Sub):
     name = "report"
     summary = "Print the events so far: the table grouped by site and verdict, explanations, the summary."
@@ -266,7 +398,6 @@ class Report(_Sub):
               "(for instance after a crash). The same report as scripts/ftrace-int3-check prints,\n"
               "but without the guest's read counts (the last line says 'ftrace-int3 report:').")
     example = "ftrace-int3 report --json /tmp/ftrace-int3.jsonl"
-    completer = gdb.COMPLETE_FILENAME
 
     def arguments(self, p) -> None:
         p.add_argument("--json", metavar="FILE", help="read the events from this event log")
@@ -332,7 +463,7 @@ class Check(_Sub):
                    wait_kernel=args.wait_kernel, duration=args.duration, detach=args.detach)
 
 
-SUBCOMMANDS = (Info, Arm, Run, Inject, Disarm, Report, Check)
+SUBCOMMANDS = (Info, Arm, Run, Status, Inject, Disarm, Report, Show, Check)
 
 
 def register() -> None:

@@ -147,3 +147,10 @@ def junit_read(path) -> list[dict]:
         out.append({"name": suite.name, "tests": suite.tests, "failures": suite.failures, "cases": len(cases),
                     "failed": failed, "skipped": skipped})
     return out
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The report table's rows as columns, without the row number: site, what, installing,
+    emulated, target, verdict, count, cpus."""
+    return [re.split(r"\s{2,}", m[1]) for m in re.finditer(r"^\s*\d+  (\S.*)$", stdout, re.M)
+            if re.search(r"  [A-Z][A-Z-]+ +\d+  ", m[1])]

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from .helpers import (ROOT, alive, junit_read, kunit_parse, listening_addrs, pids_matching, start_check, summary,
-                      wait_for)
+                      table_rows, wait_for)
 
 
 def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir, tmp_path):
@@ -25,9 +25,9 @@ def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir, tmp_path):
     assert s["status"] == "PASS"
     assert s["verified"] >= 50 and s["failed"] == 0 and s["missed"] == 0 and s["guest_unpatched"] == 0
     # Emulated CALLs at the livepatched function's fentry site, into two targets.
-    call_rows = [l for l in p.stdout.splitlines()
-                 if l.startswith("cmdline_proc_show+") and " CALL " in l and "VERIFIED" in l]
-    targets = {re.split(r"\s{2,}", l)[4] for l in call_rows}
+    call_rows = [r for r in table_rows(p.stdout)
+                 if r[0].startswith("cmdline_proc_show+") and r[3] == "CALL" and r[5] == "VERIFIED"]
+    targets = {r[4] for r in call_rows}
     assert "ftrace_caller" in targets and len(targets) >= 2, p.stdout
     # MODE=full is the default: every kernel int3 has the CPU's frame from the
     # entry stop, and every emulation was followed to its landing.
@@ -38,8 +38,7 @@ def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir, tmp_path):
     assert not re.search(r"\[vm\] (downloading|extracting|building|adding)", p.stderr), p.stderr
     assert "[vm] VM ready" in p.stderr
     print(f"make check: {took:.1f}s; {p.stdout.splitlines()[-1]}")
-    rows = [l for l in p.stdout.splitlines() if re.search(r"  (VERIFIED|OTHER) +\d+  ", l)]
-    groups = {tuple(re.split(r"\s{2,}", l)[i] for i in (0, 1, 3, 4)) for l in rows}
+    groups = {(r[0], r[1], r[3], r[4]) for r in table_rows(p.stdout)}
     k = kunit_parse(tmp_path / "check.ktap")
     assert k["status"] == "SUCCESS" and k["counts"]["failed"] == 0 and k["errors"] == 0, k
     # One test per site group (the int3 self-test's group is a SKIP) and six whole-run ones.

@@ -5,7 +5,7 @@ the emulated CALLs into the module's trampoline and name it."""
 import os
 import re
 
-from .helpers import pids_matching, start_check, summary
+from .helpers import pids_matching, start_check, summary, table_rows
 
 DIRECT_NAME = "direct call gdb_ftrace_direct_tramp [gdb_ftrace_direct] (ftrace_ops direct)"
 
@@ -24,7 +24,7 @@ def test_direct_call_scenario_passes_with_calls_into_the_direct_trampoline(vm_di
     assert p.returncode == 0 and s["status"] == "PASS", stdout[-3000:] + stderr[-2000:]
     assert s["failed"] == 0 and s["missed"] == 0 and s["guest_unpatched"] == 0
     # The table: a VERIFIED CALL at vfs_read's fentry site into the direct trampoline.
-    rows = [re.split(r"\s{2,}", l) for l in stdout.splitlines() if l.startswith("vfs_read+")]
+    rows = [r for r in table_rows(stdout) if r[0].startswith("vfs_read+")]
     calls = [r for r in rows if r[2] == "CALL" and r[3] == "CALL" and r[5] == "VERIFIED"]
     assert calls and {r[4] for r in calls} == {DIRECT_NAME}, stdout
     # The guest saw the direct call run on every load (the scenario fails otherwise).

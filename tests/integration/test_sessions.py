@@ -180,7 +180,7 @@ def test_vmlinux_without_dwarf_checks_with_the_documented_layouts(vm_dir, tmp_pa
     assert p.returncode == 0 and s["status"] == "PASS" and s["verified"] >= 20, p.stdout[-3000:] + p.stderr[-2000:]
     assert "note: the vmlinux has no DWARF" in p.stdout
     # The livepatched site's CALLs are verified all the same (their targets unnamed without DWARF).
-    assert re.search(r"^cmdline_proc_show\+0x4 .* CALL +CALL +ftrace_caller +VERIFIED", p.stdout, re.M), p.stdout
+    assert re.search(r"^ *\d+  cmdline_proc_show\+0x4 .* CALL +CALL +ftrace_caller +VERIFIED", p.stdout, re.M), p.stdout
 
 
 def test_arm_in_a_session_stopped_mid_run_keeps_the_users_breakpoints(vm_dir, tmp_path):

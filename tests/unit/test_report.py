@@ -3,6 +3,8 @@
 import copy
 import os
 
+import pytest
+
 from conftest import DATA
 
 from gdb_ftrace.core import report
@@ -23,8 +25,14 @@ def test_table_groups_by_site_insn_target_verdict():
     assert by_key[("cmdline_proc_show+0x4", "CALL", "ftrace_ops trampoline (klp_ftrace_handler)", "VERIFIED")] == 30
     assert sum(r[6] for r in rows) == len(_events())
     text = report.render_table(rows)
-    assert text.splitlines()[0].split()[:6] == ["site", "what", "installing", "emulated", "target", "verdict"]
+    assert text.splitlines()[0].split()[:7] == ["#", "site", "what", "installing", "emulated", "target", "verdict"]
     assert "int3_selftest+0x36" in text
+    # Rows are numbered in table order, and row_events gives the events of row N.
+    assert [int(line.split()[0]) for line in text.splitlines()[2:]] == list(range(1, len(rows) + 1))
+    row, evs = report.row_events(_events(), 2)
+    assert row == rows[1] and len(evs) == rows[1][6] and all(report.row_key(ev) == tuple(row[:6]) for ev in evs)
+    with pytest.raises(IndexError):
+        report.row_events(_events(), len(rows) + 1)
 
 
 def test_parse_console_recorded():
@@ -143,7 +151,7 @@ def test_render_is_the_one_report():
     events = _events()
     guest = report.parse_console(open(SERIAL).read())
     lines, s = report.render(events, guest, rows=5)
-    assert lines[0].splitlines()[0].split()[:2] == ["site", "what"]
+    assert lines[0].splitlines()[0].split()[:3] == ["#", "site", "what"]
     assert lines[1].startswith("checked: CPU frame from the int3 entry")
     assert s.line() == "ftrace-int3 check: PASS verified=234 failed=0 missed=0 other=1 guest_unpatched=0"
     lines_gdb, s_gdb = report.render(events, rows=5)  # inside gdb: no guest console
