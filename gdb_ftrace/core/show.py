@@ -31,7 +31,11 @@ def render(ev: Int3Event, row: int | None, disasm: Disasm, highlight: Callable[[
                        + f": cpu{ev.cpu} int3 at {ev.site_sym or hex(ev.site)} ({ev.site:#x})"
                        + (f", {ev.site_kind}" if ev.site_kind else "") + f", handled by {ev.handler or '?'}"
                        + f", {ev.time_s:.3f} s after arming")]
-    out.append("site, as the CPU found it (int3 written over the first byte):")
+    first = ev.site_bytes[:1]
+    out.append("site, as the handler found it: " + (
+        "the int3 over the first byte, then what the batch has written so far" if first == b"\xcc" else
+        "the patching CPU had already written the new first byte (the int3 fired before that)"
+        if ev.site_bytes else "not read"))
     out += _asm_lines(disasm(ev.site_bytes, ev.site), highlight) or [f"    {ev.site_bytes.hex(' ') or '?'}"]
     loc = ev.loc or ev.stale_loc
     if loc is not None:

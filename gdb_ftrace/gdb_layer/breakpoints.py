@@ -32,6 +32,7 @@ class BreakpointSet:
     def __init__(self) -> None:
         self.errors: list[str] = []
         self.halt = False  # set from another thread: the next hit becomes a real stop, read nothing
+        self.interrupted = False  # Ctrl-C (SIGINT) arrived inside a callback: that hit became a real stop
         self._all: list[_Bp] = []
         self._switched: list[tuple[_Bp, Callable[[], bool]]] = []
 
@@ -41,6 +42,9 @@ class BreakpointSet:
                 return True
             try:
                 return fn()
+            except KeyboardInterrupt:  # the user's Ctrl-C must end the run, not vanish here
+                self.interrupted = True
+                return True
             except Exception as e:  # noqa: BLE001 - a checker bug must not stop the guest
                 if len(self.errors) < MAX_ERRORS:
                     self.errors.append(f"{type(e).__name__}: {e}")

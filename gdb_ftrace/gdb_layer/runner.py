@@ -111,30 +111,55 @@ class _Deadline:
             t.cancel()
 
 
+_sigint = [False]  # a stop by SIGINT (Ctrl-C, the driver's timeout) was seen
+
+
+def _on_stop(ev) -> None:
+    if isinstance(ev, gdb.SignalEvent) and ev.stop_signal == "SIGINT":
+        _sigint[0] = True
+
+
+gdb.events.stop.connect(_on_stop)
+
+INTERRUPTED = "interrupted (Ctrl-C or SIGINT)"
+
+
 def drive(c: "checker.Checker | None", deadline: "_Deadline | None" = None) -> str:
     """Continue the guest until it exits or stops for a reason that is not ours.
 
     The checker's only real stops are the iretqs of emulated int3s (MODE=landing
     or full): step the vCPU over it (scheduler-locking: the other vCPUs stay
-    put), record where it landed, and continue. Returns why the loop ended.
+    put), record where it landed, and continue. A SIGINT ends the loop wherever it
+    lands: during a continue, inside a breakpoint's callback, or during the landing
+    step (which then stops by SIGINT, not by the step). Returns why the loop ended.
     """
     gdb.execute("set scheduler-locking step", to_string=True)
-    while True:
-        try:
-            gdb.execute("continue", to_string=True)
-        except gdb.error as e:
-            return f"target gone: {e}"
-        inf = gdb.selected_inferior()
-        if not inf.pid or not inf.threads():
-            return "guest exited"
-        if deadline is not None and deadline.fired:
-            return "the duration ended"
-        if c is not None and c.tracker.step_pending is not None:
-            c.land()
-            continue
-        if c is not None and c.bps.sync():
-            continue
-        return "guest stopped (interrupt or a stop that is not the checker's)"
+    _sigint[0] = False
+    if c is not None:
+        c.bps.interrupted = False
+    try:
+        while True:
+            try:
+                gdb.execute("continue", to_string=True)
+            except gdb.error as e:
+                return f"target gone: {e}"
+            inf = gdb.selected_inferior()
+            if not inf.pid or not inf.threads():
+                return "guest exited"
+            if deadline is not None and deadline.fired:
+                return "the duration ended"
+            if _sigint[0] or (c is not None and c.bps.interrupted):
+                return INTERRUPTED
+            if c is not None and c.tracker.step_pending is not None:
+                c.land()
+                if _sigint[0]:
+                    return INTERRUPTED
+                continue
+            if c is not None and c.bps.sync():
+                continue
+            return "guest stopped (interrupt or a stop that is not the checker's)"
+    except KeyboardInterrupt:
+        return INTERRUPTED
 
 
 def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,

@@ -30,7 +30,8 @@ class Pty:
         deadline = time.monotonic() + timeout
         while not pattern.search(self.buf, start):
             left = deadline - time.monotonic()
-            assert left > 0, f"timed out waiting for {pattern.pattern!r}; got:\n{self.buf[start:][-3000:]!r}"
+            assert left > 0, (f"timed out waiting for {pattern.pattern!r}; got:\n{self.buf[start:][-3000:]!r}\n"
+                              f"before that:\n{self.buf[:start][-1500:]!r}")
             r, _, _ = select.select([self.fd], [], [], min(left, 1.0))
             if r:
                 try:
@@ -44,7 +45,8 @@ class Pty:
 
     def cmd(self, line: str, timeout=120) -> str:
         self.send(line.encode() + b"\n")
-        out = self.read_until(PROMPT, timeout)
+        # The echo of the line, then the prompt after its output (not a prompt redrawn before).
+        out = self.read_until(re.compile(re.escape(line.encode()) + rb"\r?\n.*\(gdb\) $", re.S), timeout)
         return ANSI.sub(b"", out).decode(errors="replace").replace("\r\n", "\n").replace("\r", "")
 
     def close(self):
@@ -64,17 +66,28 @@ def test_interactive_session_is_quiet_and_explains_each_event(vm_dir, tmp_path):
         g.cmd(f"target remote 127.0.0.1:{port}")
         out = g.cmd(f"ftrace-int3 arm --mode full --json {tmp_path}/ev.jsonl")
         assert "armed (full)" in out and "kernel located" in out, out
+        mark = len(g.buf)
         g.send(b"ftrace-int3 run\n")
         time.sleep(15)  # the guest toggles the tracer: dozens of int3s, each followed to its landing
-        g.send(b"\x03")  # Ctrl-C
-        raw = g.read_until(PROMPT, 60)
+        # Ctrl-C. gdb loses one that lands exactly while it single-steps a landing (it passes
+        # it to QEMU, which drops an interrupt for a vCPU that already stopped): a user
+        # presses it again, and so does this test, at most twice more.
+        for _press in range(3):
+            g.send(b"\x03")
+            try:
+                g.read_until(PROMPT, 10)
+                break
+            except AssertionError:
+                continue
+        raw = g.buf[mark:]
+        assert PROMPT.search(raw), raw[-2000:]
         during = ANSI.sub(b"", raw).decode(errors="replace")
         lines = [l for l in during.replace("\r", "\n").split("\n") if l.strip()]
         status_updates = [l for l in lines if l.startswith("[ftrace-int3] ")]
         printed = during.count("\n")  # status updates redraw one line in place (\r)
         assert printed < 20, during[-3000:]
         assert status_updates and re.search(r"\d+ int3s, verified \d+", status_updates[-1]), lines
-        m = re.search(r"ftrace-int3: guest stopped .*?; (\d+) int3s, verified (\d+)", during)
+        m = re.search(r"ftrace-int3: interrupted \(Ctrl-C or SIGINT\); (\d+) int3s, verified (\d+)", during)
         assert m and int(m[2]) > 10, during[-3000:]
         out = g.cmd("ftrace-int3 status")
         assert re.search(r"^armed\s+yes", out, re.M) and re.search(r"^mode\s+full", out, re.M), out
@@ -82,7 +95,7 @@ def test_interactive_session_is_quiet_and_explains_each_event(vm_dir, tmp_path):
         out = g.cmd("ftrace-int3 report")
         assert re.search(r"^\s+1  \S+", out, re.M) and "ftrace-int3 report: PASS" in out, out
         out = g.cmd("ftrace-int3 show 1")
-        assert "site, as the CPU found it" in out and re.search(r"0x[0-9a-f]+:\s+cc\s+int3", out), out
+        assert "site, as the handler found it:" in out and re.search(r"^    0x[0-9a-f]+:  [0-9a-f]{2}", out, re.M), out
         assert "being installed (the batch entry" in out
         assert "pt_regs at handler entry:" in out and "pt_regs at handler return:" in out
         assert re.search(r"^verdict: VERIFIED", out, re.M) and "expected:" in out and "seen:" in out

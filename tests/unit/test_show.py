@@ -16,7 +16,7 @@ def test_show_a_recorded_call_in_full():
     text = "\n".join(lines)
     assert lines[0].startswith(f"event #{ev.seq} (report row 2, 1 of 30): cpu{ev.cpu} int3 at {ev.site_sym}")
     # What was at the site (the int3 first) and what the batch installs, disassembled.
-    assert f"{ev.site:#x}:  cc" in text and " int3" in text
+    assert f"{ev.site:#x}:  cc" in text and " int3" in text and "the int3 over the first byte" in text
     assert f"{ev.site:#x}:  e8 " in text and "call 0x" in text
     assert f"pt_regs at handler entry:   ip {ev.before['ip']:#x}" in text
     assert f"pt_regs at handler return:  ip {ev.after['ip']:#x}" in text and f"[sp] {ev.pushed:#x}" in text
