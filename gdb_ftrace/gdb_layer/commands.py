@@ -451,6 +451,8 @@ class Check(_Sub):
                             "IDT is set up, find the slide, then arm")
         p.add_argument("--duration", type=float, metavar="S",
                        help="end the check after S seconds (default: when the guest exits or on SIGINT)")
+        p.add_argument("--stop-file", metavar="FILE",
+                       help="end the check (as --duration does) as soon as FILE exists: how a driver stops it")
         p.add_argument("--detach", action="store_true",
                        help="at the end disarm and detach, leaving the guest running (a QEMU you started); "
                             "default: kill the target")
@@ -460,7 +462,8 @@ class Check(_Sub):
 
         runner.run(args.target, args.json, args.mode, connect_timeout=args.connect_timeout, arm=args.arm,
                    sample=args.sample, inject=args.inject, stops_path=args.stops, bare=args.bare_breakpoint,
-                   wait_kernel=args.wait_kernel, duration=args.duration, detach=args.detach)
+                   wait_kernel=args.wait_kernel, duration=args.duration, detach=args.detach,
+                   stop_file=args.stop_file)
 
 
 SUBCOMMANDS = (Info, Arm, Run, Status, Inject, Disarm, Report, Show, Check)

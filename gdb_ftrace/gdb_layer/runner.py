@@ -89,24 +89,47 @@ def wait_for_kernel(timeout: float, poll: float = 0.3) -> None:
         _run_for(poll)
 
 
-class _Deadline:
-    """--duration: end the run at a point where gdb is not stepping. The next hit of
-    a checker breakpoint becomes a real stop (BreakpointSet.halt); if none comes
-    within a second (nothing is being patched), gdb is interrupted."""
+class _Ender:
+    """Ends the run at a point where gdb is not stepping: the next hit of a checker
+    breakpoint becomes a real stop (BreakpointSet.halt), and gdb is interrupted in case
+    nothing hits (nothing being patched). The interrupt is repeated: gdb passes one that
+    arrives while it single-steps a landing to QEMU, which drops it. Fired by --duration,
+    or by the driver creating --stop-file (its timeout and Ctrl-C: more reliable than a
+    SIGINT to gdb, which can be lost the same way)."""
 
-    def __init__(self, c: "checker.Checker | None", seconds: float) -> None:
-        self.c, self.fired = c, False
-        self.timers = [threading.Timer(seconds, self._soft), threading.Timer(seconds + 1.0, _post_interrupt)]
-        for t in self.timers:
-            t.daemon = True
-            t.start()
+    def __init__(self, c: "checker.Checker | None", duration: float | None, stop_file: str | None) -> None:
+        self.c, self.fired, self.why, self.timers, self.done = c, False, "", [], False
+        if duration:
+            self._timer(duration, lambda: self.fire("the duration ended"))
+        if stop_file:
+            w = threading.Thread(target=self._watch, args=(stop_file,), daemon=True)
+            w.start()
 
-    def _soft(self) -> None:
-        self.fired = True
+    def _timer(self, delay: float, fn) -> None:
+        t = threading.Timer(delay, fn)
+        t.daemon = True
+        t.start()
+        self.timers.append(t)
+
+    def _watch(self, path: str) -> None:
+        import os
+
+        while not self.done and not self.fired:
+            if os.path.exists(path):
+                self.fire("stopped by the driver (its timeout or Ctrl-C)")
+            time.sleep(0.2)
+
+    def fire(self, why: str) -> None:
+        if self.fired or self.done:
+            return
+        self.fired, self.why = True, why
         if self.c is not None:
             self.c.bps.halt = True
+        for delay in (1.0, 3.0, 6.0, 10.0):
+            self._timer(delay, lambda: None if self.done else _post_interrupt())
 
     def cancel(self) -> None:
+        self.done = True
         for t in self.timers:
             t.cancel()
 
@@ -124,7 +147,7 @@ gdb.events.stop.connect(_on_stop)
 INTERRUPTED = "interrupted (Ctrl-C or SIGINT)"
 
 
-def drive(c: "checker.Checker | None", deadline: "_Deadline | None" = None) -> str:
+def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
     """Continue the guest until it exits or stops for a reason that is not ours.
 
     The checker's only real stops are the iretqs of emulated int3s (MODE=landing
@@ -147,7 +170,7 @@ def drive(c: "checker.Checker | None", deadline: "_Deadline | None" = None) -> s
             if not inf.pid or not inf.threads():
                 return "guest exited"
             if deadline is not None and deadline.fired:
-                return "the duration ended"
+                return deadline.why
             if _sigint[0] or (c is not None and c.bps.interrupted):
                 return INTERRUPTED
             if c is not None and c.tracker.step_pending is not None:
@@ -164,7 +187,8 @@ def drive(c: "checker.Checker | None", deadline: "_Deadline | None" = None) -> s
 
 def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,
         sample: int = 0, inject: str | None = None, stops_path: str | None = None, bare: bool = False,
-        wait_kernel: bool = False, duration: float | None = None, detach: bool = False) -> None:
+        wait_kernel: bool = False, duration: float | None = None, detach: bool = False,
+        stop_file: str | None = None) -> None:
     """arm=False only attaches (no breakpoint), bare=True adds one Python breakpoint on the
     handler that does nothing: the baselines of scripts/bench-stops. wait_kernel: the
     guest is held at reset and boots with KASLR: run it until its kernel is up, then
@@ -204,8 +228,8 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
                  + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
             if not c.kinfo.dwarf:
                 _say(f"vmlinux has no DWARF: {kernel.NO_DWARF[4:]}")
+        deadline = _Ender(c, duration, stop_file)
         if duration:
-            deadline = _Deadline(c, duration)
             _say(f"running for {duration:g} s")
         _say(drive(c, deadline) + "; ending the check")
     except UserError as e:
