@@ -81,15 +81,21 @@ def struct_layout(type_name: str) -> StructLayout:
 
 
 @contextlib.contextmanager
-def _from_vmlinux():
-    """Read code from vmlinux, not the target: before the guest has booted (QEMU -S)
-    the kernel is not mapped yet."""
+def trust_readonly(on: bool):
+    """Reads of read-only sections from the file (on) or from the target (off), whatever
+    the user had set, restored afterwards."""
     trust = gdb.parameter("trust-readonly-sections")
-    gdb.execute("set trust-readonly-sections on", to_string=True)
+    gdb.execute(f"set trust-readonly-sections {'on' if on else 'off'}", to_string=True)
     try:
         yield
     finally:
         gdb.execute(f"set trust-readonly-sections {'on' if trust else 'off'}", to_string=True)
+
+
+def _from_vmlinux():
+    """Read code from vmlinux, not the target: before the guest has booted (QEMU -S)
+    the kernel is not mapped yet."""
+    return trust_readonly(True)
 
 
 class KernelInfo:

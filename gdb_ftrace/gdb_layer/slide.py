@@ -11,15 +11,13 @@ addresses that now hold something else.
 
 from __future__ import annotations
 
-import contextlib
-
 import gdb
 
 from ..core import elf, kaslr
 from ..core.errors import UserError
 from ..core.insn import MASK64
 from . import mem
-from .kernel import INT3_ENTRIES, symbol_address
+from .kernel import INT3_ENTRIES, symbol_address, trust_readonly
 
 # What the symbols in gdb have been moved by (symbol-file -o), per vmlinux path.
 applied: dict[str, int] = {}
@@ -27,15 +25,9 @@ located: kaslr.Location | None = None
 vmlinux: str | None = None  # the path relocate() loaded with add-symbol-file (not the main symbol file then)
 
 
-@contextlib.contextmanager
 def _from_target():
     """Read the guest, not the file, whatever the user set."""
-    trust = gdb.parameter("trust-readonly-sections")
-    gdb.execute("set trust-readonly-sections off", to_string=True)
-    try:
-        yield
-    finally:
-        gdb.execute(f"set trust-readonly-sections {'on' if trust else 'off'}", to_string=True)
+    return trust_readonly(False)
 
 
 def _vmlinux_path() -> str:
