@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 
 import gdb
 
@@ -405,11 +404,9 @@ class Report(_Sub):
                        help="table rows at most; FAIL and MISSED rows are always shown (0: all)")
 
     def run(self, args, c) -> None:
-        try:
-            on = gdb.parameter("style enabled")
-        except (gdb.error, RuntimeError):
-            on = True
-        style.set_enabled(bool(on) and sys.stdout.isatty())
+        from . import interactive
+
+        style.set_enabled(interactive.terminal())
         if args.json:
             try:
                 events, meta = report.load_events(args.json)
