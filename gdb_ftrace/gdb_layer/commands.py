@@ -307,11 +307,11 @@ class Status(_Sub):
         rows = [("armed", "no" if c is None or not c.armed else "yes")]
         if c is not None:
             k = c.kinfo
-            rows += [("mode", f"{c.mode}" + (f", sample {c.tracker.sample}" if getattr(c.tracker, "sample", 0) else "")),
+            rows += [("mode", f"{c.mode}" + (f", sample {c.tracker.sample}" if c.tracker.sample else "")),
                      ("kernel", f"{k.version or '?'}, era {k.era} ({', '.join(n for n, _ in k.handlers)})"),
                      ("slide", slide.located.describe() if slide.located else "not located (armed at link addresses)"),
                      ("injection", c.injector.describe() if c.injector else "none"),
-                     ("event log", c.log.path if c.log is not None and hasattr(c.log, "path") else "-")]
+                     ("event log", c.log.path if c.log is not None else "-")]
             counts = collections.Counter(ev.verdict for ev in c.events)
             by_class = collections.Counter(verdict_class(v) for v in counts.elements())
             rows.append(("events", f"{len(c.events)}: " + (", ".join(f"{v} {n}" for v, n in counts.most_common())

@@ -3,10 +3,10 @@
 The guest is read, never trusted to match the file: the IDT's int3 gate gives
 the runtime int3 entry (core.kaslr), `linux_banner` at the slid address must
 equal vmlinux's. A wrong vmlinux is refused naming both releases. When the
-slide is not what gdb's symbols assume, vmlinux is loaded again with
-`symbol-file -o SLIDE` (about a second; DWARF is read lazily), and the exec
-file is dropped so that no code read is answered from the file at link
-addresses that now hold something else.
+slide is not what gdb's symbols assume, vmlinux is loaded again at the slide
+(relocate(): about a second, DWARF is read lazily), and the exec file is
+dropped so that no code read is answered from the file at link addresses that
+now hold something else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..core.insn import MASK64
 from . import mem
 from .kernel import INT3_ENTRIES, symbol_address, trust_readonly
 
-# What the symbols in gdb have been moved by (symbol-file -o), per vmlinux path.
+# What the symbols in gdb have been moved by (relocate()), per vmlinux path.
 applied: dict[str, int] = {}
 located: kaslr.Location | None = None
 vmlinux: str | None = None  # the path relocate() loaded with add-symbol-file (not the main symbol file then)
@@ -114,9 +114,9 @@ def locate() -> kaslr.Location:
     if delta is None:
         raise NotUpYet(f"int3 gate points at {runtime:#x}, not at {entry_name} ({entry:#x}) moved by a KASLR slide",
                        runtime)
-    want = kaslr.banner_text(_read_text_file(symbol_address("linux_banner")))
+    banner, want = _file_banner()
     with _from_target():
-        raw = mem.try_read((symbol_address("linux_banner") + delta) & MASK64, 256)
+        raw = mem.try_read((banner + delta) & MASK64, 256)
     have = kaslr.banner_text(raw) if raw else ""
     if have != want:
         raise WrongKernel(want, have or guest_banner_near(runtime))
@@ -127,7 +127,7 @@ def locate() -> kaslr.Location:
 
 def refuse_unmatched(runtime: int) -> None:
     """The kernel is up but its int3 gate never matched this vmlinux: say which kernel runs."""
-    want = kaslr.banner_text(_read_text_file(symbol_address("linux_banner")))
+    _addr, want = _file_banner()
     have = guest_banner_near(runtime)
     if have != want:
         raise WrongKernel(want, have)
@@ -135,10 +135,12 @@ def refuse_unmatched(runtime: int) -> None:
                     f"{runtime:#x}, which is not the int3 entry moved by a KASLR slide")
 
 
-def _read_text_file(addr: int | None) -> bytes:
+def _file_banner() -> tuple[int, str]:
+    """linux_banner's address in gdb's symbols, and the banner text vmlinux holds there."""
+    addr = symbol_address("linux_banner")
     if addr is None:
         raise UserError("no linux_banner in the symbols: cannot tell which kernel this vmlinux is")
-    return file_bytes(addr, 256)
+    return addr, kaslr.banner_text(file_bytes(addr, 256))
 
 
 class WrongKernel(UserError):
