@@ -4,8 +4,8 @@ Every gdb stop costs the guest time (see docs/cost.md), so a mode is the
 set of places the checker stops at for each int3 the kernel takes:
 
   handler  the handler's first instruction and its return into the caller
-  landing  + the iretq of each emulated int3 and one stepi over it, to see
-             where the vCPU lands
+  landing  + the iretq of each emulated int3: the frame it loads is where
+             the vCPU lands (no stepi: every stop costs, docs/cost.md)
   full     + the int3 entry (asm_exc_int3 / int3), where the CPU's frame is
              read before the entry code copies it
 """
@@ -32,8 +32,8 @@ class CheckMode(enum.Enum):
 
     @property
     def stops_per_int3(self) -> int:
-        """gdb stops per emulated int3: handler entry + return, + iretq + stepi, + int3 entry."""
-        return 2 + 2 * self.follows_landing + self.stops_at_int3_entry
+        """gdb stops per emulated int3: handler entry + return, + iretq, + int3 entry."""
+        return 2 + self.follows_landing + self.stops_at_int3_entry
 
     @property
     def help(self) -> str:
@@ -53,7 +53,7 @@ class CheckMode(enum.Enum):
 _HELP = {
     CheckMode.HANDLER: "the handler's entry and return; the CPU's frame from the words the gap "
                        "leaves above pt_regs",
-    CheckMode.LANDING: "+ follow each emulated int3 through iretq to the instruction it lands on",
+    CheckMode.LANDING: "+ follow each emulated int3 to its iretq: the frame it loads is where it lands",
     CheckMode.FULL: "+ the int3 entry, where the CPU's frame is read before the entry code copies it",
 }
 

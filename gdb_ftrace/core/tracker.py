@@ -85,10 +85,17 @@ class HandlerReturnStop:
 
 @dataclasses.dataclass(frozen=True)
 class IretStop:
-    """native_irq_return_iret: an iretq back to kernel mode."""
+    """native_irq_return_iret: an iretq back to kernel mode. `frame` is what the iretq
+    will load (the words at %rsp, IRET_FRAME order) and `top` the word at that frame's
+    sp: where and on what stack the vCPU lands, without a stepi stop (each gdb stop
+    costs QEMU 7.2 a translation-cache flush; docs/cost.md). Recordings made before
+    the frame was read have neither: the reader steps the iretq (LandingStop)."""
 
     cpu: int
     rsp: int
+    frame: tuple[int, ...] | None = None
+    top: int | None = None
+    injected: tuple[Injection, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,13 +351,25 @@ class Tracker:
             self._unhandled.pop(cpu, None)
             self._repeat_key, self._repeat_count = None, 0
 
+    def iret_is_ours(self, cpu: int, rsp: int) -> Int3Event | None:
+        """The event waiting for its landing whose pt_regs->ip this iretq's %rsp points at."""
+        ev = self._landing.get(cpu)
+        return ev if ev is not None and rsp == (ev.regs_addr + PT_REGS_IP) & MASK64 else None
+
     def _iret(self, s: IretStop) -> bool:
         ev = self._landing.get(s.cpu)
         if ev is None:
             self.stats.foreign_irets += 1
             return False
-        if s.rsp != (ev.regs_addr + PT_REGS_IP) & MASK64:
+        if self.iret_is_ours(s.cpu, s.rsp) is None:
             return False  # an iretq of another frame (an interrupt's) on this vCPU
+        if s.frame is not None:  # what iretq loads: rip and rsp from the frame, [rsp] read there
+            frame = dict(zip(IRET_FRAME, s.frame))
+            del self._landing[s.cpu]
+            ev.landing = {"ip": frame["ip"], "sp": frame["sp"], "top": s.top, "from": "iret frame"}
+            ev.injected += s.injected
+            self._complete(ev)
+            return False
         self.step_pending = ev
         return True
 

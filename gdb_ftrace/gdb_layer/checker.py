@@ -3,8 +3,9 @@
 Where it stops is the CheckMode's (core/mode.py); how stops pair into
 events is core/tracker.py's. Here: read the guest in bulk at each stop (a
 read is one gdbstub round trip), apply fault injection at its fixed points,
-name finished events, write the logs. Only the iretq stop is a real stop:
-the driver loop (runner.drive) steps over it and calls land().
+name finished events, write the logs. The landing is read from the frame our
+iretq loads (on_iret); land() steps an iretq only when replaying a recording
+that has no frame, or for a tracker that asks (step_pending).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Checker:
         if k.die:
             add(k.die, lambda: self._feed(T.DieStop(vcpu_index())))
         if self.mode.follows_landing:
-            add(k.iret, lambda: self._feed(T.IretStop(vcpu_index(), reg("rsp"))), t.wants_iret_stops)
+            add(k.iret, self.on_iret, t.wants_iret_stops)
 
     def close(self) -> None:
         """Undo injections, disarm, finish open events (INCOMPLETE), close the logs."""
@@ -120,6 +121,17 @@ class Checker:
         after = decode_struct(regs, mem.read(ev.regs_addr, regs.size), 0, ("ip", "sp"))
         pushed = mem.try_read_u64(after["sp"]) if after["sp"] != ev.before["sp"] else None
         return self._feed(T.HandlerReturnStop(cpu, rsp, rax, after, pushed, (done,) if done else ()))
+
+    def on_iret(self) -> bool:
+        """Our iretq: the frame it loads is the landing (no stepi stop); other frames: nothing read."""
+        cpu, rsp = vcpu_index(), reg("rsp")
+        ev = self.tracker.iret_is_ours(cpu, rsp)
+        if ev is None:
+            return self._feed(T.IretStop(cpu, rsp))
+        frame = tuple(u64s(mem.read(rsp, 8 * len(IRET_FRAME))))
+        top = mem.try_read_u64(frame[IRET_FRAME.index("sp")])
+        done = self.injector and self.injector.after_landing(ev)  # after [sp] was read
+        return self._feed(T.IretStop(cpu, rsp, frame, top, (done,) if done else ()))
 
     def on_kprobe_return(self) -> bool:
         cpu = vcpu_index()

@@ -76,10 +76,10 @@ def test_bench_table_from_run_json_records():
     assert header.split()[:2] == ["setup", "wall"] and set(rule) <= {"-", " "}
     cells = {r.split()[0]: r.split() for r in rows}
     assert cells["none"] == ["none", "17.1,", "15.2", "16.1", "1000", "0"]  # no cost for no checker
-    # full: (23.8 - 17.3) s / 228 int3s = 28.5 ms per int3, / 5 stops = 5.7 ms per stop
-    assert cells["full"][-2:] == ["28.5", "5.7"]
+    # full: (23.8 - 17.3) s / 228 int3s = 28.5 ms per int3, / 4 stops = 7.1 ms per stop
+    assert cells["full"][-2:] == ["28.5", "7.1"]
     assert cells["handler"][-1] == "11.0"  # 21.9 ms / 2 stops
-    assert "(bare 1, handler 2, landing 4, full 5)" in text[-1]
+    assert "(bare 1, handler 2, landing 3, full 4)" in text[-1]
     line = bench.summary_line(results, None)
     # idle: 14.15 / 10.1; handler: (21.6 - 17.3) s / 196 int3s; landing: 6.2 s / 194
     assert line == "ftrace-int3 bench: idle=1.40 handler_ms=21.9 landing_ms=32.0 full_ms=28.5 trace_all_s=skipped"

@@ -150,6 +150,30 @@ def test_an_emulated_int3_waits_for_its_landing_then_closes_without_one(stops):
     assert len(h.events) == 1 and not h.wants_iret_stops()
 
 
+def _emulated_call(stops):
+    i = next(i for i, s in enumerate(stops) if isinstance(s, T.HandlerReturnStop) and s.rax == 1
+             and s.pushed is not None)
+    entry = next(s for s in reversed(stops[:i]) if isinstance(s, T.HandlerEntryStop) and s.cpu == stops[i].cpu)
+    return entry, stops[i]
+
+
+@pytest.mark.parametrize("change, verdict", [({}, "VERIFIED"), ({"ip": 1}, "WRONG-LANDING"),
+                                             ({"sp": 8}, "WRONG-LANDING"), ({"top": 3}, "WRONG-LANDING")])
+def test_the_landing_is_read_from_the_frame_our_iretq_loads(stops, change, verdict):
+    """Recorded CALL emulation; the iretq's frame as the kernel leaves it lands VERIFIED
+    with no step, and a frame off by a byte in rip, rsp or [rsp] is WRONG-LANDING."""
+    entry, ret = _emulated_call(stops)
+    t = T.Tracker(CheckMode.LANDING, 0)
+    t.feed(entry)
+    t.feed(ret)
+    ip, sp = ret.after["ip"] + change.get("ip", 0), ret.after["sp"] + change.get("sp", 0)
+    frame = (ip, 0x10, entry.regs["flags"], sp, 0x18)
+    assert not t.feed(T.IretStop(entry.cpu, entry.regs_addr + T.PT_REGS_IP, frame, ret.pushed + change.get("top", 0)))
+    assert t.step_pending is None and not t.wants_iret_stops()
+    [ev] = t.events
+    assert ev.landing["from"] == "iret frame" and ev.verdict == verdict, ev.reasons
+
+
 def test_nested_int3_is_a_followup_of_the_outer_one(stops):
     outer = _first(stops, T.HandlerEntryStop, lambda s: s.batch.live)
     inner = dataclasses.replace(outer, rsp=outer.rsp - 0x400, regs_addr=outer.regs_addr - 0x400)
