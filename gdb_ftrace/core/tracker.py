@@ -121,7 +121,7 @@ class KprobeReturnStop:
 
 @dataclasses.dataclass(frozen=True)
 class DieStop:
-    """die() was entered: the kernel is about to oops."""
+    """The kernel is about to oops: oops_enter() (called by die() via oops_begin()), or die()."""
 
     cpu: int
 
@@ -244,6 +244,10 @@ class Tracker:
 
     def open_events(self) -> list[Int3Event]:
         return [ev for stack in self._open.values() for ev in stack]
+
+    def landings_pending(self) -> int:
+        """Emulated int3s waiting for their iretq."""
+        return len(self._landing)
 
     def wants_iret_stops(self) -> bool:
         return self.mode.follows_landing and bool(self._landing)

@@ -20,8 +20,13 @@ MAX_ERRORS = 50
 
 
 class _Bp(gdb.Breakpoint):
-    def __init__(self, addr: int, callback: Callable[[], bool], enabled: bool) -> None:
-        super().__init__(f"*{addr:#x}", type=gdb.BP_BREAKPOINT, internal=True)
+    def __init__(self, addr: int, callback: Callable[[], bool], enabled: bool, watch: int = 0) -> None:
+        if watch:  # an access watchpoint on `watch` bytes: QEMU stops after the access, no cache flush
+            kind = {4: "int", 8: "long"}[watch]
+            super().__init__(f"*(unsigned {kind} *){addr:#x}", type=gdb.BP_WATCHPOINT, wp_class=gdb.WP_ACCESS,
+                             internal=True)
+        else:
+            super().__init__(f"*{addr:#x}", type=gdb.BP_BREAKPOINT, internal=True)
         self.silent, self.enabled, self._callback = True, enabled, callback
 
     def stop(self) -> bool:
@@ -52,8 +57,9 @@ class BreakpointSet:
                 return False
         return run
 
-    def add(self, addr: int, callback: Callable[[], bool], wanted: Callable[[], bool] | None = None) -> None:
-        bp = _Bp(addr, self._guard(callback), enabled=wanted() if wanted else True)
+    def add(self, addr: int, callback: Callable[[], bool], wanted: Callable[[], bool] | None = None,
+            watch: int = 0) -> None:
+        bp = _Bp(addr, self._guard(callback), enabled=wanted() if wanted else True, watch=watch)
         self._all.append(bp)
         if wanted is not None:
             self._switched.append((bp, wanted))

@@ -71,6 +71,9 @@ def _add_mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", type=_non_negative, default=0, metavar="N",
                    help="the int3 entry stop and the landing only for the first N int3s of each batch, "
                         "the handler checks for all (0: every int3)")
+    p.add_argument("--no-gate", dest="gate", action="store_false",
+                   help="keep the handler's breakpoints in the guest all the time, not only while the "
+                        "kernel patches (slower; for comparison)")
 
 
 MODES_EPILOG = "modes:\n" + "\n".join("  " + line for line in check_mode.describe_all().splitlines())
@@ -216,7 +219,7 @@ class Arm(_Sub):
                       "vmlinux link addresses, so it must boot with nokaslr\n")
         try:
             c = checker.Checker(args.mode, json_path=args.json, echo=args.echo, sample=args.sample,
-                                stops_path=args.stops)
+                                stops_path=args.stops, gate=args.gate)
         except OSError as e:
             raise UserError(f"cannot open the log: {e}") from None
         c.arm()
@@ -460,7 +463,7 @@ class Check(_Sub):
         runner.run(args.target, args.json, args.mode, connect_timeout=args.connect_timeout, arm=args.arm,
                    sample=args.sample, inject=args.inject, stops_path=args.stops, bare=args.bare_breakpoint,
                    wait_kernel=args.wait_kernel, duration=args.duration, detach=args.detach,
-                   stop_file=args.stop_file)
+                   stop_file=args.stop_file, gate=args.gate)
 
 
 SUBCOMMANDS = (Info, Arm, Run, Status, Inject, Disarm, Report, Show, Check)

@@ -39,6 +39,7 @@ DESCRIPTORS = ("text_poke_array", "bp_desc", "int3_desc", "bp_patching")  # bp_p
 LOC_TYPES = ("struct smp_text_poke_loc", "struct text_poke_loc")
 INT3_ENTRIES = ("asm_exc_int3", "int3")  # the IDT's int3 entry: v5.8+, before v5.8
 IRET = "native_irq_return_iret"
+DIE_STOPS = ("oops_enter", "die")
 _RANGE = re.compile(r"^Address range (0x[0-9a-f]+) to (0x[0-9a-f]+):", re.M)
 _INSN_ADDR = re.compile(r"^(?:=> |   )(0x[0-9a-f]+) <", re.M)  # the iretq every return to kernel mode takes
 
@@ -151,7 +152,12 @@ class KernelInfo:
         if kprobe is not None:
             caller = self.returns[0][0]
             self.followups = [("kprobe_int3_handler", r) for r in call_return_sites(caller_code[caller], kprobe)]
-        self.die = symbol_address("die")
+        # Where the kernel is about to oops: oops_enter (die -> oops_begin -> oops_enter), not
+        # die's own first instruction, whose 4 KiB page shares local_touch_nmi (6.12: the
+        # idle loop's) and nmi_handle: a breakpoint there slowed an idle guest by ~25 %.
+        self.die_name = next((n for n in DIE_STOPS if symbol_address(n) is not None), None)
+        self.die = symbol_address(self.die_name) if self.die_name else None
+        self.text_mutex = symbol_address("text_mutex")
         if self.ftrace_handler is not None:
             names = ("modifying_ftrace_code", "ftrace_update_func", "ftrace_update_func_call", "ftrace_regs_caller")
             missing = [n for n in names if symbol_address(n) is None]
@@ -164,6 +170,37 @@ class KernelInfo:
         self.iret = symbol_address(IRET)
         self.version = self._version()
         self.era = era_name([n for n, _ in self.handlers], self.desc, self.version)
+        self.no_gate = self._no_gate()
+
+    def _no_gate(self) -> str:
+        """Why the hot breakpoints must stay in all the time (core/gate.py), '' if they need not."""
+        if self.ftrace_handler is not None:
+            return f"{FTRACE_HANDLER} (v5.2-v5.5) patches ftrace sites with no batch descriptor to watch"
+        if self.desc is None:
+            return "v5.2's one-site patching: no batch descriptor to watch"
+        return ""
+
+    def gate_word(self) -> tuple[str, int]:
+        """What the handler reads first to know whether a batch is live, and its size: written
+        when a batch starts and ends, read by every kernel int3 (core/gate.py)."""
+        d = self.desc
+        if self.percpu_refs is not None:
+            return "text_poke_array_refs (per CPU)", 4
+        if d.is_pointer:
+            return d.name, 8
+        if d.refs_off is not None:
+            return f"{d.name}.refs", 4
+        return f"{d.name}.nr_entries", 4
+
+    def gate_watch(self, ncpus: int) -> list[int]:
+        """The addresses of gate_word(): one, or one per CPU (v6.16+; reads the guest)."""
+        d = self.desc
+        if self.percpu_refs is not None:
+            return [(mem.read_u64(self.per_cpu_offset + 8 * cpu) + self.percpu_refs) & MASK64
+                    for cpu in range(ncpus)]
+        if d.is_pointer:
+            return [self.desc_addr]
+        return [self.desc_addr + (d.refs_off if d.refs_off is not None else d.nr_off)]
 
     def _batch_layout(self) -> None:
         """The batch descriptor and its text_poke_loc layout, from DWARF (v5.3+)."""
@@ -299,6 +336,9 @@ class KernelInfo:
              if self.percpu_refs else "-"),
             ("iret", f"{IRET} at {self.iret:#x}" if self.iret else "not found (no landing checks)"),
             ("DWARF", "yes" if self.dwarf else NO_DWARF),
+            ("gate", f"an access watchpoint on {self.gate_word()[0]} arms the handler's breakpoints"
+             + (f"; out again once text_mutex ({self.text_mutex:#x}) is free" if self.text_mutex else "")
+             if not self.no_gate else f"none, the breakpoints stay in: {self.no_gate}"),
         ]
 
     def to_json(self) -> dict:
@@ -309,7 +349,8 @@ class KernelInfo:
                 "desc_addr": self.desc_addr, "keeps_last_batch": self.keeps_last_batch,
                 "loc_type": self.loc_type, "loc_layout": self.loc.to_json() if self.loc else None,
                 "stext": self.stext,
-                "int3_entry": [self.int3_entry_name, self.int3_entry], "iret": self.iret, "dwarf": self.dwarf}
+                "int3_entry": [self.int3_entry_name, self.int3_entry], "iret": self.iret, "dwarf": self.dwarf,
+                "gate_word": None if self.no_gate else self.gate_word()[0], "no_gate": self.no_gate}
 
     def read_cpu_refs(self, cpu: int) -> int | None:
         """This CPU's text_poke_array_refs (v6.16+), or None where refs are not per CPU."""

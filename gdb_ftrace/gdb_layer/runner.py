@@ -135,11 +135,48 @@ class _Ender:
 
 
 _sigint = [False]  # a stop by SIGINT (Ctrl-C, the driver's timeout) was seen
+_gate_stop = [False]  # a stop by the gate's own interrupt
+_gate: list = [None]  # the Gate of the checker being driven
 
 
 def _on_stop(ev) -> None:
     if isinstance(ev, gdb.SignalEvent) and ev.stop_signal == "SIGINT":
-        _sigint[0] = True
+        g = _gate[0]
+        if g is not None and g.expects_interrupt(time.monotonic()):
+            _gate_stop[0] = True
+        else:
+            _sigint[0] = True
+
+
+class _GateTimer:
+    """Interrupts the guest once the armed gate has been quiet (core/gate.py); the stop's
+    decision is the driver loop's (Checker.at_gate_stop). An interrupt stop costs QEMU no
+    translation-cache flush, unlike a breakpoint stop."""
+
+    def __init__(self, c: "checker.Checker") -> None:
+        self.g, self.done = c.gate, False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.done:
+            time.sleep(0.02)
+            now = time.monotonic()
+            if not self.done and self.g.wants_interrupt(now):
+                self.g.interrupt_sent(now)
+                gdb.post_event(self._fire)
+
+    def _fire(self) -> None:
+        if self.done or not self.g.may_interrupt(time.monotonic()):
+            self.g.interrupt_at = None  # a stop of ours came meanwhile: ask again when quiet
+            return
+        try:
+            gdb.execute("interrupt", to_string=True)
+        except gdb.error:
+            self.g.interrupt_at = None
+
+    def stop(self) -> None:
+        self.done = True
 
 
 gdb.events.stop.connect(_on_stop)
@@ -157,9 +194,14 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
     step (which then stops by SIGINT, not by the step). Returns why the loop ended.
     """
     gdb.execute("set scheduler-locking step", to_string=True)
-    _sigint[0] = False
+    _sigint[0] = _gate_stop[0] = False
+    timer = None
     if c is not None:
         c.bps.interrupted = False
+        if c.gate is not None:
+            _gate[0] = c.gate
+            c.bps.sync()  # armed or not since the last run
+            timer = _GateTimer(c)
     try:
         while True:
             try:
@@ -173,6 +215,10 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
                 return deadline.why
             if _sigint[0] or (c is not None and c.bps.interrupted):
                 return INTERRUPTED
+            if _gate_stop[0]:
+                _gate_stop[0] = False
+                c.at_gate_stop()
+                continue
             if c is not None and c.tracker.step_pending is not None:
                 c.land()
                 if _sigint[0]:
@@ -183,12 +229,16 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
             return "guest stopped (interrupt or a stop that is not the checker's)"
     except KeyboardInterrupt:
         return INTERRUPTED
+    finally:
+        if timer is not None:
+            timer.stop()
+        _gate[0] = None
 
 
 def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,
         sample: int = 0, inject: str | None = None, stops_path: str | None = None, bare: bool = False,
         wait_kernel: bool = False, duration: float | None = None, detach: bool = False,
-        stop_file: str | None = None) -> None:
+        stop_file: str | None = None, gate: bool = True) -> None:
     """arm=False only attaches (no breakpoint), bare=True adds one Python breakpoint on the
     handler that does nothing: the baselines of scripts/bench-stops. wait_kernel: the
     guest is held at reset and boots with KASLR: run it until its kernel is up, then
@@ -220,7 +270,8 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             bare_bp = _BareBreakpoint(f"*{kernel.info().handler:#x}", internal=True)
             _say(f"bare breakpoint on {kernel.info().handler_name}")
         if arm:
-            c = checker.Checker(mode, json_path=json_path, sample=sample, inject=inject, stops_path=stops_path)
+            c = checker.Checker(mode, json_path=json_path, sample=sample, inject=inject, stops_path=stops_path,
+                                gate=gate)
             c.arm()
             checker.active = c
             _say(f"armed on {', '.join(n for n, _ in c.kinfo.handlers)} (mode {mode}"
@@ -228,6 +279,7 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
                  + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
             if not c.kinfo.dwarf:
                 _say(f"vmlinux has no DWARF: {kernel.NO_DWARF[4:]}")
+            _say(f"gate: {c.gate_describe()}")
         deadline = _Ender(c, duration, stop_file)
         if duration:
             _say(f"running for {duration:g} s")
@@ -243,7 +295,8 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             if c.injector is not None:
                 _say(f"injection {c.injector.describe()}")
             _say(f"events={len(c.events)} checker_errors={len(c.errors)} "
-                 + " ".join(f"{k}={v}" for k, v in c.tracker.stats.to_json().items()))
+                 + " ".join(f"{k}={v}" for k, v in c.tracker.stats.to_json().items())
+                 + ("".join(f" gate_{k}={v}" for k, v in c.gate.stats.to_json().items()) if c.gate else ""))
         if bare_bp is not None and bare_bp.is_valid():
             bare_bp.delete()
         _end(detach and connected)
