@@ -34,7 +34,7 @@ from .mem import reg, vcpu_index
 class Checker:
     def __init__(self, mode: CheckMode, json_path: str | None = None, echo: bool = False,
                  sample: int = 0, inject: str | None = None, stops_path: str | None = None,
-                 gate: bool = True) -> None:
+                 gate: bool = False) -> None:
         self.kinfo = k = kernel.info()
         k.require(mode)
         self.mode, self.echo, self.t0 = mode, echo, time.monotonic()
@@ -51,7 +51,7 @@ class Checker:
                           slide=slide.located.to_json() if slide.located else None)
         # The hot breakpoints only while the kernel patches (core/gate.py); None: always in.
         self.gate = Gate() if gate and not k.no_gate else None
-        self.no_gate = "off (--no-gate)" if not gate else k.no_gate
+        self.no_gate = "off (experimental: --gate, GATE=1)" if not gate else k.no_gate
         self.bps = BreakpointSet()  # bps.errors: exceptions in the stop callbacks (checker bugs)
         self.listeners: list = []  # called with each finished event (the interactive status line)
 

@@ -71,9 +71,9 @@ def _add_mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", type=_non_negative, default=0, metavar="N",
                    help="the int3 entry stop and the landing only for the first N int3s of each batch, "
                         "the handler checks for all (0: every int3)")
-    p.add_argument("--no-gate", dest="gate", action="store_false",
-                   help="keep the handler's breakpoints in the guest all the time, not only while the "
-                        "kernel patches (slower; for comparison)")
+    p.add_argument("--gate", action="store_true",
+                   help="experimental: the handler's breakpoints in the guest only while the kernel patches "
+                        "(docs/cost.md); default: in all the time")
 
 
 MODES_EPILOG = "modes:\n" + "\n".join("  " + line for line in check_mode.describe_all().splitlines())

@@ -54,8 +54,9 @@ class StatusLine:
         now = time.monotonic()
         if self.on and now - self.last >= 0.3:
             self.last, self.shown = now, True
-            gdb.write("\r\033[K" + self.text())
-            gdb.flush()
+            # Straight to the terminal: events now finish inside a breakpoint's stop(), that is
+            # inside the driver's `continue` (to_string), which would swallow a gdb.write.
+            os.write(1, ("\r\033[K" + self.text()).encode())
 
     def close(self) -> None:
         if self in getattr(self.c, "listeners", []):

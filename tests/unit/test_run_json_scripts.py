@@ -64,7 +64,7 @@ def test_soak_no_run_json_is_a_fail(tmp_path):
 def test_bench_table_from_run_json_records():
     bench = load("bench-stops")
     assert bench.SETUP_NAMES == ("none", "attached", "bare", "handler", "landing", "full", "idle-attached",
-                                 "idle-full", "full-nogate", "idle-nogate")
+                                 "idle-full", "full-gate", "idle-gate")
     walls = {"none": (17.1, 15.2), "attached": (18.1, 16.5), "bare": (20.0, 20.4), "handler": (21.7, 21.5),
              "landing": (24.3, 22.7), "full": (24.1, 23.5), "idle-attached": (10.0, 10.2), "idle-full": (14.0, 14.3)}
     events = {"none": 0, "attached": 0, "bare": 0, "handler": 196, "landing": 194, "full": 228,
@@ -81,7 +81,7 @@ def test_bench_table_from_run_json_records():
     # full: (23.8 - 17.3) s / 228 int3s = 28.5 ms per int3, / 4 stops = 7.1 ms per stop
     assert cells["full"][-2:] == ["28.5", "7.1"]
     assert cells["handler"][-1] == "11.0"  # 21.9 ms / 2 stops
-    assert "(bare 1, handler 2, landing 3, full 4, full-nogate 4)" in text[-2]
+    assert "(bare 1, handler 2, landing 3, full 4, full-gate 4)" in text[-2]
     assert text[-1].startswith("idle: scenario phase (BOOTED to RESULT) attached ?") and "ratio 1.40" in text[-1]
     line = bench.summary_line(results, None)
     phased = {m: [dict(r, phase_s=p) for r, p in zip(rs, (8.0, 8.2) if m == "idle-attached" else (8.3, 8.5))]
