@@ -6,25 +6,25 @@ the int3 entry's and the iretq's pages are among the kernel's hottest; and QEMU
 before 10.2 flushes its whole translation cache at every breakpoint stop. So
 breakpoints that sit in those pages cost the guest while nothing is patched.
 
-The gate keeps them out between patching bursts:
+The gate (experimental, `--gate` / GATE=1) keeps them out between patching bursts:
 
-  disarmed  in the guest: a breakpoint on the batch function (text_poke_bp_batch,
-            smp_text_poke_batch_add/_finish: cold pages, entered before any int3
-            is written), one on kprobe_int3_handler (where an int3 the text-patch
-            handler returned 0 for goes next: a late or stale int3 is still seen,
-            and judged, there) and die().
-  armed     the mode's breakpoints (handler entry and returns, int3 entry, iretq);
-            the trigger and the kprobe entry are out.
+  disarmed  in the guest: only an access watchpoint on the word the handler reads
+            first (bp_desc.refs v6.0-v6.15, the bp_desc pointer v5.6-v5.19, each
+            CPU's text_poke_array_refs v6.16+, nr_entries before). A batch writes
+            it before any int3; an int3 no batch covers (late, stale, a kprobe's)
+            makes the handler read it as zero and is read there as its entry.
+            Either arms, at a real stop (gdb changes breakpoints only at one).
+  armed     the mode's breakpoints (handler entry and returns, kprobe returns,
+            oops_enter, int3 entry, iretq); the watchpoint is out.
 
-A trigger hit arms (a real stop: gdb changes breakpoints only at one). Once no
-stop of ours has come for `quiet_s`, the driver interrupts the guest (an
-interrupt stop costs no cache flush) and disarms if the kernel is not patching:
-text_mutex free (every batch runs under it), no handler entered and not returned,
-no emulation waiting for its iretq. Otherwise it stays armed and asks again
-after the next quiet period. The interrupt is sent only when no stop of ours
-came in the last `settle_s`: gdb steps over a breakpoint right after its
-stop() returns, and an interrupt inside that step reaches the guest as a #DB
-(seen once, in trace-all).
+Once no stop of ours has come for `quiet_s`, the driver interrupts the guest (an
+interrupt stop, like a watchpoint's, costs no cache flush) and disarms if the
+kernel is not patching: text_mutex free (every batch runs under it), no handler
+entered and not returned, no emulation waiting for its iretq. Otherwise it stays
+armed and asks again after the next quiet period. The interrupt is sent only when
+no stop of ours came in the last `settle_s`: gdb steps over a breakpoint right
+after its stop() returns, and an interrupt inside that step reaches the guest as
+a #DB (seen once, in trace-all).
 
 Pure: times are passed in; the gdb layer reads the guest and sends the interrupt.
 """
@@ -44,10 +44,10 @@ def mutex_held(owner: int) -> bool:
 
 @dataclasses.dataclass
 class GateStats:
-    arms: int = 0  # trigger hits that put the hot breakpoints in
+    arms: int = 0  # watchpoint hits that put the hot breakpoints in
     disarms: int = 0
     busy: int = 0  # interrupt stops that found the kernel still patching
-    unarmed_int3s: int = 0  # int3s seen at kprobe_int3_handler while disarmed
+    unarmed_int3s: int = 0  # int3s seen at the watchpoint (no batch) while disarmed
     interrupts: int = 0
 
     def to_json(self) -> dict[str, int]:
@@ -61,12 +61,10 @@ class Gate:
         self.last_stop = 0.0  # monotonic time of the last stop of ours (hit or real stop)
         self.interrupt_at: float | None = None  # an interrupt was sent and its stop not seen yet
         self.stats = GateStats()
-        self._trig = self._sent = None
 
     # -- events ------------------------------------------------------------
     def triggered(self, now: float) -> None:
-        """The batch function was entered while disarmed: arm at the real stop this makes."""
-        self._trig = now
+        """The watched word was touched while disarmed: arm at the real stop this makes."""
         if not self.armed:
             self.armed = True
             self.stats.arms += 1
@@ -78,7 +76,6 @@ class Gate:
 
     def interrupt_sent(self, now: float) -> None:
         self.interrupt_at = now
-        self._sent = now
         self.stats.interrupts += 1
 
     def expects_interrupt(self, now: float) -> bool:

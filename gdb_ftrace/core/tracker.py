@@ -89,7 +89,7 @@ class IretStop:
     will load (the words at %rsp, IRET_FRAME order) and `top` the word at that frame's
     sp: where and on what stack the vCPU lands, without a stepi stop (each gdb stop
     costs QEMU 7.2 a translation-cache flush; docs/cost.md). Recordings made before
-    the frame was read have neither: the reader steps the iretq (LandingStop)."""
+    the frame was read have neither: their next stop is the LandingStop of a stepi."""
 
     cpu: int
     rsp: int
@@ -100,7 +100,8 @@ class IretStop:
 
 @dataclasses.dataclass(frozen=True)
 class LandingStop:
-    """After one stepi over our iretq: where the vCPU arrived."""
+    """After one stepi over our iretq: where the vCPU arrived (in recordings made before
+    the landing was read from the iretq's frame; the checker no longer steps)."""
 
     cpu: int
     ip: int | None = None
@@ -227,7 +228,9 @@ class Tracker:
         self._repeat_count = 0
         self._batch_key: tuple | None = None
         self._batch_sampled = 0  # int3s of the current batch that got the full checks
-        self.step_pending: Int3Event | None = None  # stopped at its iretq: the reader must stepi
+        # Stopped at its iretq with no frame read (recordings from before the frame was): the
+        # landing is the LandingStop that follows in the stream.
+        self.step_pending: Int3Event | None = None
 
     # -- queries (change nothing) -----------------------------------------
     def is_duplicate_handler_entry(self, cpu: int, rsp: int, regs_addr: int) -> bool:
@@ -257,8 +260,8 @@ class Tracker:
 
     # -- feeding --------------------------------------------------------------
     def feed(self, stop: Stop) -> bool:
-        """Take one stop. True only for an IretStop that is ours: the reader must
-        stop for real and step that vCPU over the iretq (then feed a LandingStop)."""
+        """Take one stop. True only for an IretStop that is ours and carries no frame (a
+        recording from before the frame was read): a LandingStop must follow."""
         handler = self._HANDLERS[type(stop)]
         return bool(handler(self, stop))
 
@@ -361,11 +364,11 @@ class Tracker:
         return ev if ev is not None and rsp == (ev.regs_addr + PT_REGS_IP) & MASK64 else None
 
     def _iret(self, s: IretStop) -> bool:
-        ev = self._landing.get(s.cpu)
-        if ev is None:
+        if s.cpu not in self._landing:
             self.stats.foreign_irets += 1
             return False
-        if self.iret_is_ours(s.cpu, s.rsp) is None:
+        ev = self.iret_is_ours(s.cpu, s.rsp)
+        if ev is None:
             return False  # an iretq of another frame (an interrupt's) on this vCPU
         if s.frame is not None:  # what iretq loads: rip and rsp from the frame, [rsp] read there
             frame = dict(zip(IRET_FRAME, s.frame))

@@ -4,13 +4,12 @@ Where it stops is the CheckMode's (core/mode.py); how stops pair into
 events is core/tracker.py's. Here: read the guest in bulk at each stop (a
 read is one gdbstub round trip), apply fault injection at its fixed points,
 name finished events, write the logs. The landing is read from the frame our
-iretq loads (on_iret); land() steps an iretq only when replaying a recording
-that has no frame, or for a tracker that asks (step_pending).
+iretq loads (on_iret). Real stops happen only where breakpoints must be
+switched (the iretq's, the gate's): the driver loop (runner.drive) syncs them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 
@@ -20,7 +19,6 @@ from ..core import gate as gate_mod
 from ..core import report
 from ..core import tracker as T
 from ..core.eventlog import EventLog, JsonLines
-from ..core.gate import Gate
 from ..core.insn import MASK64
 from ..core.layout import GAP_WORDS, decode_struct, u64s
 from ..core.mode import CheckMode
@@ -50,7 +48,7 @@ class Checker:
             self.log.meta(kernel=k.to_json(), armed_at=time.time(), mode=mode.value, sample=sample, inject=inject,
                           slide=slide.located.to_json() if slide.located else None)
         # The hot breakpoints only while the kernel patches (core/gate.py); None: always in.
-        self.gate = Gate() if gate and not k.no_gate else None
+        self.gate = gate_mod.Gate() if gate and not k.no_gate else None
         self.no_gate = "off (experimental: --gate, GATE=1)" if not gate else k.no_gate
         self.bps = BreakpointSet()  # bps.errors: exceptions in the stop callbacks (checker bugs)
         self.listeners: list = []  # called with each finished event (the interactive status line)
@@ -69,7 +67,7 @@ class Checker:
             return lambda: g.armed and (wanted is None or wanted())
 
         if g is not None:
-            owner = mem.try_read_u64(k.text_mutex) if k.text_mutex else None
+            owner = self._text_mutex_owner()
             if owner is not None and gate_mod.mutex_held(owner):
                 g.triggered(time.monotonic())  # armed in the middle of a patching burst
             size = k.gate_word()[1]
@@ -127,10 +125,14 @@ class Checker:
 
     def at_gate_stop(self) -> None:
         """The driver stopped the guest for the gate: disarm unless the kernel is patching."""
-        k, t = self.kinfo, self.tracker
-        owner = mem.try_read_u64(k.text_mutex) if k.text_mutex else None
-        self.gate.at_interrupt_stop(time.monotonic(), owner, len(t.open_events()), t.landings_pending())
+        t = self.tracker
+        self.gate.at_interrupt_stop(time.monotonic(), self._text_mutex_owner(), len(t.open_events()),
+                                    t.landings_pending())
         self.bps.sync()
+
+    def _text_mutex_owner(self) -> int | None:
+        """text_mutex.owner (core.gate.mutex_held), None without the symbol or the read."""
+        return mem.try_read_u64(self.kinfo.text_mutex) if self.kinfo.text_mutex else None
     def close(self) -> None:
         """Undo injections, disarm, finish open events (INCOMPLETE), close the logs."""
         try:
@@ -209,25 +211,6 @@ class Checker:
         ev = self.tracker.unhandled_event(cpu)
         ip = mem.read_u64(ev.regs_addr + self.kinfo.pt_regs.fields["ip"].offset) if ev is not None else None
         return self._feed(T.KprobeReturnStop(cpu, reg("rax"), ip))
-
-    def land(self) -> None:
-        """Called by the driver loop, stopped at our iretq: step it and record the landing."""
-        ev = self.tracker.step_pending
-        if ev is None:
-            return
-        try:
-            # Silently: gdb 13 prints the frame of a CLI `thread N` and `stepi` even under
-            # to_string (hundreds of lines in an interactive `run`); the Python thread switch
-            # and the MI step print nothing. scheduler-locking step applies to both.
-            if vcpu_index() != ev.cpu:
-                next(t for t in gdb.selected_inferior().threads() if t.num == ev.cpu + 1).switch()
-            gdb.execute('interpreter-exec mi "-exec-step-instruction"', to_string=True)
-            stop = T.LandingStop(ev.cpu, reg("rip"), reg("rsp"), mem.try_read_u64(reg("rsp")))
-        except (gdb.error, StopIteration) as e:
-            stop = T.LandingStop(ev.cpu, error=str(e) or f"no thread {ev.cpu + 1}")
-        done = self.injector and self.injector.after_landing(ev)
-        self._feed(dataclasses.replace(stop, injected=(done,)) if done else stop)
-        self.bps.sync()
 
     def _finished(self, ev) -> None:
         symbols.name_event(ev)

@@ -191,7 +191,7 @@ class Arm(_Sub):
     summary = "Start checking every int3 the kernel's text-patch handler takes."
     epilog = ("Sets internal breakpoints; every entry into the handler becomes one event with one\n"
               "verdict. Re-arming starts a new event list. With modes landing and full, resume with\n"
-              "'ftrace-int3 run' (it steps over the landing stops); with handler, 'continue' works too.\n\n"
+              "'ftrace-int3 run' (it handles the checker's own real stops); with handler, 'continue' works too.\n\n"
               + MODES_EPILOG)
     example = "ftrace-int3 arm --mode handler --json /tmp/ftrace-int3.jsonl"
     command_class = gdb.COMMAND_BREAKPOINTS
@@ -231,15 +231,15 @@ class Arm(_Sub):
                   + (f"; events -> {args.json}" if args.json else "") + "\n")
         if args.mode.follows_landing:
             gdb.write("ftrace-int3: resume with 'ftrace-int3 run' (not 'continue'): following a landing "
-                      "needs real stops that it steps over for you\n")
+                      "needs real stops that it handles for you\n")
 
 
 class Run(_Sub):
     name = "run"
-    summary = "Resume the guest with the checker armed, stepping over its landing stops, until Ctrl-C."
-    epilog = ("Like 'continue', but when the checker stops at the iretq of an emulated int3 (modes\n"
-              "landing/full) it single-steps that vCPU (the others stay stopped), records where it\n"
-              "landed, and resumes, printing nothing for those stops. On a terminal one status line\n"
+    summary = "Resume the guest with the checker armed, through its own real stops, until Ctrl-C."
+    epilog = ("Like 'continue', but when the checker stops for real to switch its breakpoints (the\n"
+              "iretq of an emulated int3 in modes landing/full, whose frame is the landing; the\n"
+              "gate's stops with --gate) it does so and resumes, printing nothing for those stops. On a terminal one status line\n"
               "(int3s, verdict counts, the last site) is redrawn in place. Returns when the guest\n"
               "exits, gdb is interrupted (Ctrl-C) or the guest stops for a reason of its own.")
     example = "ftrace-int3 run"

@@ -336,7 +336,7 @@ class KernelInfo:
              if self.percpu_refs else "-"),
             ("iret", f"{IRET} at {self.iret:#x}" if self.iret else "not found (no landing checks)"),
             ("DWARF", "yes" if self.dwarf else NO_DWARF),
-            ("gate", f"an access watchpoint on {self.gate_word()[0]} arms the handler's breakpoints"
+            ("gate", f"with --gate: an access watchpoint on {self.gate_word()[0]} arms the handler's breakpoints"
              + (f"; out again once text_mutex ({self.text_mutex:#x}) is free" if self.text_mutex else "")
              if not self.no_gate else f"none, the breakpoints stay in: {self.no_gate}"),
         ]

@@ -93,7 +93,7 @@ class _Ender:
     """Ends the run at a point where gdb is not stepping: the next hit of a checker
     breakpoint becomes a real stop (BreakpointSet.halt), and gdb is interrupted in case
     nothing hits (nothing being patched). The interrupt is repeated: gdb passes one that
-    arrives while it single-steps a landing to QEMU, which drops it. Fired by --duration,
+    arrives while it steps over a breakpoint to QEMU, which drops it. Fired by --duration,
     or by the driver creating --stop-file (its timeout and Ctrl-C: more reliable than a
     SIGINT to gdb, which can be lost the same way)."""
 
@@ -187,13 +187,11 @@ INTERRUPTED = "interrupted (Ctrl-C or SIGINT)"
 def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
     """Continue the guest until it exits or stops for a reason that is not ours.
 
-    The checker's only real stops are the iretqs of emulated int3s (MODE=landing
-    or full): step the vCPU over it (scheduler-locking: the other vCPUs stay
-    put), record where it landed, and continue. A SIGINT ends the loop wherever it
-    lands: during a continue, inside a breakpoint's callback, or during the landing
-    step (which then stops by SIGINT, not by the step). Returns why the loop ended.
+    The checker's real stops are where its breakpoints must be switched (the iretq
+    of an emulated int3 in MODE=landing/full; the gate's arming and interrupt stops):
+    sync them and continue. A SIGINT ends the loop wherever it lands: during a
+    continue or inside a breakpoint's callback. Returns why the loop ended.
     """
-    gdb.execute("set scheduler-locking step", to_string=True)
     _sigint[0] = _gate_stop[0] = False
     timer = None
     if c is not None:
@@ -218,11 +216,6 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
             if _gate_stop[0]:
                 _gate_stop[0] = False
                 c.at_gate_stop()
-                continue
-            if c is not None and c.tracker.step_pending is not None:
-                c.land()
-                if _sigint[0]:
-                    return INTERRUPTED
                 continue
             if c is not None and c.bps.sync():
                 continue
