@@ -14,7 +14,7 @@ TOGGLES  ?=
 ACCEL    ?= tcg-single
 MODE     ?=
 KASLR    ?= 1
-GATE     ?= 0
+ENGINE   ?= watch
 JSON     ?=
 TIMEOUT  ?=
 SAMPLE   ?=
@@ -23,7 +23,7 @@ KTAP     ?=
 JUNIT    ?=
 
 CHECK_ARGS = --scenario '$(SCENARIO)' $(if $(TOGGLES),--toggles '$(TOGGLES)') --accel '$(ACCEL)' $(if $(MODE),--mode '$(MODE)') \
-	--kaslr '$(KASLR)' --gate '$(GATE)' $(if $(TIMEOUT),--timeout '$(TIMEOUT)') \
+	--kaslr '$(KASLR)' --engine '$(ENGINE)' $(if $(TIMEOUT),--timeout '$(TIMEOUT)') \
 	$(if $(SAMPLE),--sample '$(SAMPLE)') $(if $(INJECT),--inject '$(INJECT)') $(if $(JSON),--json '$(JSON)') \
 	$(if $(KTAP),--ktap '$(abspath $(KTAP))') $(if $(JUNIT),--junit '$(abspath $(JUNIT))')
 
@@ -39,7 +39,7 @@ help:
 	@echo "  make soak    the check RUNS=$(RUNS) times in a row, one line per run"
 	@echo "  make matrix  the check on one kernel of each era (v5.4 from KSRC or ../shared/kernels, 5.10, 6.1, 6.12, 7.x)"
 	@echo "  make unit-test | integration-test"
-	@echo "variables: KERNEL KSRC SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) GATE=$(GATE) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault> KTAP=<file> JUNIT=<file>"
+	@echo "variables: KERNEL KSRC SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) ENGINE=$(ENGINE) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault> KTAP=<file> JUNIT=<file>"
 
 setup:
 	@scripts/setup-host
@@ -64,7 +64,7 @@ matrix: setup
 
 # What the checker costs, side by side in one run: no gdb / gdb attached / armed.
 bench: setup
-	@$(PY) scripts/bench-stops $(if $(KERNEL),--kernel '$(KERNEL)') $(if $(TOGGLES),--toggles '$(TOGGLES)')
+	@$(PY) scripts/bench-stops $(if $(KERNEL),--kernel '$(KERNEL)') $(if $(TOGGLES),--toggles '$(TOGGLES)')  $(if $(filter 1,$(TRACE_ALL)),--trace-all)
 
 unit-test: setup
 	$(PY) -m pytest -q tests/unit

@@ -101,6 +101,8 @@ class Int3Event:
     depth: int = 1  # int3s in flight on this vCPU counting this one (>1: taken inside the int3 path)
     in_sample: bool = True  # entry frame / landing were wanted for it (False: past the per-batch sample)
     ftrace: dict[str, Any] | None = None  # v5.2-v5.5: the FtraceState the handler decided by
+    notes: list[str] = dataclasses.field(default_factory=list)  # how the reader saw it (added to the reasons)
+    seen_at: str = ""  # "oops_enter": first seen when the kernel oopsed on it (watch engine, v6.0-v6.15)
     verdict: str = ""
     reasons: list[str] = dataclasses.field(default_factory=list)
     expected: Expected | None = None

@@ -53,8 +53,9 @@ class CheckMode(enum.Enum):
 _HELP = {
     CheckMode.HANDLER: "the handler's entry and return; the CPU's frame from the words the gap "
                        "leaves above pt_regs",
-    CheckMode.LANDING: "+ follow each emulated int3 to its iretq: the frame it loads is where it lands",
-    CheckMode.FULL: "+ the int3 entry, where the CPU's frame is read before the entry code copies it",
+    CheckMode.LANDING: "+ follow each emulated int3 past its iretq: where it lands, rsp and [rsp]",
+    CheckMode.FULL: "+ the int3 entry, where the CPU's frame is read before the entry code copies it "
+                    "(engine breakpoints; the watch engine reads it above pt_regs, as landing does)",
 }
 
 NAMES = tuple(m.value for m in CheckMode)

@@ -149,8 +149,12 @@ def coverage(events: list[Int3Event]) -> str:
     landed = sum(1 for ev in emulated if ev.landing is not None)
     notes = collections.Counter(ev.landing_note for ev in emulated if ev.landing is None and ev.landing_note)
     sampled_out = sum(1 for ev in evs if not ev.in_sample)
+    late = sum(1 for ev in emulated if ev.landing and str(ev.landing.get("from", "")).startswith(
+        "iret frame, read after a late report"))
     line = (f"checked: CPU frame from the int3 entry for {entry}/{len(kernel)} kernel int3s "
             f"(others: the words above pt_regs); landing after iret for {landed}/{len(emulated)} emulations")
+    if late:
+        line += f" ({late} of them reported late: rip and rsp from the frame the iretq loaded, not [rsp])"
     if sampled_out:
         line += f"; {sampled_out} int3s past the per-batch sample got the handler checks only"
     for note, n in notes.most_common(3):

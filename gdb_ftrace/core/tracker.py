@@ -57,7 +57,7 @@ class HandlerEntryStop:
     """The text-patch handler's first instruction: pt_regs and what it decides by."""
 
     cpu: int
-    rsp: int
+    rsp: int | None  # None: read at oops_enter (seen_at), not at the handler
     regs_addr: int  # %rdi
     regs: dict[str, int]  # pt_regs fields (ip, sp, flags, cs, ss, orig_ax)
     gap: tuple[int, ...]  # the 6 words above pt_regs
@@ -69,6 +69,7 @@ class HandlerEntryStop:
     injected: tuple[Injection, ...] = ()
     ftrace: dict[str, Any] | None = None  # v5.2-v5.5 ftrace_int3_handler: the FtraceState
     handler: str = ""  # which handler ('' : the tracker's default)
+    seen_at: str = ""  # '': at the handler; "oops_enter": first seen when the kernel oopsed on it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,7 @@ class HandlerReturnStop:
     after: dict[str, int] | None = None  # regs->ip, regs->sp (None: no open entry to read for)
     pushed: int | None = None  # [regs->sp] when sp moved
     injected: tuple[Injection, ...] = ()
+    note: str = ""  # how it was seen, when not right after the `ret` (the watch engine's late report)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,8 @@ class IretStop:
     frame: tuple[int, ...] | None = None
     top: int | None = None
     injected: tuple[Injection, ...] = ()
+    after_iret: bool = False  # the watch engine: `frame` is the vCPU's registers after the iretq
+    late: bool = False  # the watch engine, a late report: `frame` read from memory, [rsp] not known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +113,24 @@ class LandingStop:
     top: int | None = None  # [sp]
     error: str = ""  # the step failed
     injected: tuple[Injection, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LostStop:
+    """The watch engine: the open event whose handler ran with this %rsp will not see its
+    return (QEMU never reported it and its pt_regs are gone): finished INCOMPLETE."""
+
+    cpu: int
+    rsp: int
+    why: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LandingUnseenStop:
+    """The watch engine: this vCPU's emulated int3 has landed, but where was not seen."""
+
+    cpu: int
+    why: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +150,11 @@ class DieStop:
 
 
 Stop = Union[Int3EntryStop, HandlerEntryStop, HandlerReturnStop, IretStop, LandingStop,
-             KprobeReturnStop, DieStop]
+             KprobeReturnStop, DieStop, LostStop, LandingUnseenStop]
 STOP_KINDS: dict[str, type] = {
     "int3_entry": Int3EntryStop, "handler_entry": HandlerEntryStop, "handler_return": HandlerReturnStop,
-    "iret": IretStop, "landing": LandingStop, "kprobe_return": KprobeReturnStop, "die": DieStop}
+    "iret": IretStop, "landing": LandingStop, "kprobe_return": KprobeReturnStop, "die": DieStop,
+    "lost": LostStop, "landing_unseen": LandingUnseenStop}
 _KIND_OF = {cls: kind for kind, cls in STOP_KINDS.items()}
 
 
@@ -252,6 +275,14 @@ class Tracker:
         """Emulated int3s waiting for their iretq."""
         return len(self._landing)
 
+    def landing_events(self) -> dict[int, Int3Event]:
+        """vCPU -> the emulated int3 waiting for its iretq there."""
+        return dict(self._landing)
+
+    def has_unhandled(self) -> bool:
+        """An int3 whose handler returned 0 waits for its kprobe / die follow-ups."""
+        return bool(self._unhandled)
+
     def wants_iret_stops(self) -> bool:
         return self.mode.follows_landing and bool(self._landing)
 
@@ -288,7 +319,7 @@ class Tracker:
         ev = Int3Event(seq=self._seq, cpu=s.cpu, regs_addr=s.regs_addr, before=dict(s.regs), site=site,
                        gap=list(s.gap), time_s=s.time_s, handler=s.handler or self.handler, handler_rsp=s.rsp,
                        site_bytes=s.site_bytes, cpu_refs=s.cpu_refs, stack_top=s.stack_top,
-                       injected=list(s.injected), ftrace=s.ftrace)
+                       injected=list(s.injected), ftrace=s.ftrace, seen_at=s.seen_at)
         frames = self._frames.get(s.cpu)
         if frames:  # the int3 entry this handler call belongs to (entries nest LIFO)
             ev.hw_frame, ev.hw_source = frames.pop(), "entry"
@@ -336,6 +367,8 @@ class Tracker:
         del stack[idx:]
         ev.ret = handler_return_value(s.rax)
         ev.injected += s.injected
+        if s.note:
+            ev.notes.append(s.note)
         ev.after = dict(s.after) if s.after is not None else None
         ev.pushed = s.pushed
         cpu = ev.cpu
@@ -373,7 +406,9 @@ class Tracker:
         if s.frame is not None:  # what iretq loads: rip and rsp from the frame, [rsp] read there
             frame = dict(zip(IRET_FRAME, s.frame))
             del self._landing[s.cpu]
-            ev.landing = {"ip": frame["ip"], "sp": frame["sp"], "top": s.top, "from": "iret frame"}
+            ev.landing = {"ip": frame["ip"], "sp": frame["sp"], "top": s.top,
+                          "from": "registers after iretq" if s.after_iret else
+                          "iret frame, read after a late report ([rsp] not known)" if s.late else "iret frame"}
             ev.injected += s.injected
             self._complete(ev)
             return False
@@ -411,9 +446,24 @@ class Tracker:
         else:  # an oops elsewhere (after a fault, say): the guest console tells the rest
             self.stats.foreign_dies.append(s.cpu)
 
+    def _landing_unseen(self, s: LandingUnseenStop) -> None:
+        ev = self._landing.pop(s.cpu, None)
+        if ev is not None:
+            ev.landing_note = s.why
+            self._complete(ev)
+
+    def _lost(self, s: LostStop) -> None:
+        stack = self._open.get(s.cpu) or []
+        ev = next((e for e in stack if e.handler_rsp == s.rsp), None)
+        if ev is not None:
+            stack.remove(ev)
+            ev.landing_note = s.why
+            self._complete(ev)
+
     _HANDLERS: dict[type, Callable] = {
         Int3EntryStop: _int3_entry, HandlerEntryStop: _handler_entry, HandlerReturnStop: _handler_return,
-        IretStop: _iret, LandingStop: _landed, KprobeReturnStop: _kprobe_return, DieStop: _die}
+        IretStop: _iret, LandingStop: _landed, KprobeReturnStop: _kprobe_return, DieStop: _die,
+        LostStop: _lost, LandingUnseenStop: _landing_unseen}
 
     # -- ending ---------------------------------------------------------------
     def close(self) -> None:

@@ -17,6 +17,7 @@ import gdb
 from ..core import inject as core_inject
 from ..core import mode as check_mode
 from ..core import report, style
+from ..core import watch as W
 from ..core.cli import DefaultsHelpFormatter
 from ..core.errors import UserError
 from . import checker, kernel
@@ -71,9 +72,11 @@ def _add_mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", type=_non_negative, default=0, metavar="N",
                    help="the int3 entry stop and the landing only for the first N int3s of each batch, "
                         "the handler checks for all (0: every int3)")
-    p.add_argument("--gate", action="store_true",
-                   help="experimental: the handler's breakpoints in the guest only while the kernel patches "
-                        "(docs/cost.md); default: in all the time")
+    p.add_argument("--engine", choices=W.ENGINES, default=W.DEFAULT,
+                   help="watch: watchpoints only, no breakpoint in kernel text but oops_enter (v5.6+; the CPU's "
+                        "frame from the words above pt_regs); breakpoints: on the handler, its returns, the "
+                        "int3 entry (mode full) and the iretq, several times dearer per int3 on QEMU < 10.2 "
+                        "(docs/cost.md) (default: %(default)s)")
 
 
 MODES_EPILOG = "modes:\n" + "\n".join("  " + line for line in check_mode.describe_all().splitlines())
@@ -219,7 +222,7 @@ class Arm(_Sub):
                       "vmlinux link addresses, so it must boot with nokaslr\n")
         try:
             c = checker.Checker(args.mode, json_path=args.json, echo=args.echo, sample=args.sample,
-                                stops_path=args.stops, gate=args.gate)
+                                stops_path=args.stops, engine=args.engine)
         except OSError as e:
             raise UserError(f"cannot open the log: {e}") from None
         c.arm()
@@ -227,9 +230,10 @@ class Arm(_Sub):
         k = c.kinfo
         gdb.write(f"ftrace-int3: armed ({args.mode}) on {k.handler_name} ({k.handler:#x}) and "
                   f"{len(k.returns)} return point(s); batch from {k.desc_name}"
-                  + (f"; int3 entry {k.int3_entry_name}" if args.mode.stops_at_int3_entry else "")
+                  + (f"; int3 entry {k.int3_entry_name}" if args.mode.stops_at_int3_entry and not c.watch else "")
                   + (f"; events -> {args.json}" if args.json else "") + "\n")
-        if args.mode.follows_landing:
+        gdb.write(f"ftrace-int3: engine {c.describe_engine()}\n")
+        if args.mode.follows_landing or c.watch:
             gdb.write("ftrace-int3: resume with 'ftrace-int3 run' (not 'continue'): following a landing "
                       "needs real stops that it handles for you\n")
 
@@ -237,9 +241,10 @@ class Arm(_Sub):
 class Run(_Sub):
     name = "run"
     summary = "Resume the guest with the checker armed, through its own real stops, until Ctrl-C."
-    epilog = ("Like 'continue', but when the checker stops for real to switch its breakpoints (the\n"
-              "iretq of an emulated int3 in modes landing/full, whose frame is the landing; the\n"
-              "gate's stops with --gate) it does so and resumes, printing nothing for those stops. On a terminal one status line\n"
+    epilog = ("Like 'continue', but when the checker stops for real to switch its breakpoints or\n"
+              "watchpoints (engine watch: each int3's return slot and regs->ip; engine breakpoints:\n"
+              "the iretq of an emulated int3 in modes landing/full) it does so and resumes, printing\n"
+              "nothing for those stops. On a terminal one status line\n"
               "(int3s, verdict counts, the last site) is redrawn in place. Returns when the guest\n"
               "exits, gdb is interrupted (Ctrl-C) or the guest stops for a reason of its own.")
     example = "ftrace-int3 run"
@@ -463,7 +468,7 @@ class Check(_Sub):
         runner.run(args.target, args.json, args.mode, connect_timeout=args.connect_timeout, arm=args.arm,
                    sample=args.sample, inject=args.inject, stops_path=args.stops, bare=args.bare_breakpoint,
                    wait_kernel=args.wait_kernel, duration=args.duration, detach=args.detach,
-                   stop_file=args.stop_file, gate=args.gate)
+                   stop_file=args.stop_file, engine=args.engine)
 
 
 SUBCOMMANDS = (Info, Arm, Run, Status, Inject, Disarm, Report, Show, Check)

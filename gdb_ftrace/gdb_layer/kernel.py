@@ -52,6 +52,17 @@ def symbol_address(name: str) -> int | None:
         return None
 
 
+def data_symbol_address(name: str) -> int | None:
+    """Address of a variable (not a function) in the loaded symbols, or None."""
+    try:
+        v = gdb.parse_and_eval(f"&'{name}'")
+        if v.type.target().strip_typedefs().code == gdb.TYPE_CODE_FUNC:
+            return None
+        return int(v.cast(gdb.lookup_type("unsigned long"))) & MASK64
+    except gdb.error:
+        return None
+
+
 def lookup_struct(type_name: str):
     """gdb.Type of `struct NAME` (raises gdb.error when DWARF has no such type)."""
     return gdb.parse_and_eval(f"({type_name} *)0").dereference().type.strip_typedefs()
@@ -170,37 +181,84 @@ class KernelInfo:
         self.iret = symbol_address(IRET)
         self.version = self._version()
         self.era = era_name([n for n, _ in self.handlers], self.desc, self.version)
-        self.no_gate = self._no_gate()
+        self.no_watch = self._no_watch()
 
-    def _no_gate(self) -> str:
-        """Why the hot breakpoints must stay in all the time (core/gate.py), '' if they need not."""
+    def _no_watch(self) -> str:
+        """Why the watchpoint engine cannot run here ('' if it can): it needs a word the
+        handler reads for each int3 (core/watch.py)."""
         if self.ftrace_handler is not None:
             return f"{FTRACE_HANDLER} (v5.2-v5.5) patches ftrace sites with no batch descriptor to watch"
         if self.desc is None:
             return "v5.2's one-site patching: no batch descriptor to watch"
         return ""
 
-    def gate_word(self) -> tuple[str, int]:
-        """What the handler reads first to know whether a batch is live, and its size: written
-        when a batch starts and ends, read by every kernel int3 (core/gate.py)."""
+    def watch_word(self) -> tuple[str, int]:
+        """The word the watchpoint engine watches for reads, and its size: one the handler
+        reads once per int3 and the patching CPU does not read (core/watch.py):
+          v6.0-v6.15 (and backports): bp_desc.nr_entries, read once the refcount is taken
+                     (an int3 no batch covers is seen at oops_enter instead)
+          v5.6-v5.19 (pointer): bp_desc, read first by every kernel int3
+          v6.16+:    this CPU's text_poke_array_refs (the batch's end reads it: one stop
+                     per CPU per batch), read first by every kernel int3"""
         d = self.desc
         if self.percpu_refs is not None:
             return "text_poke_array_refs (per CPU)", 4
         if d.is_pointer:
             return d.name, 8
-        if d.refs_off is not None:
-            return f"{d.name}.refs", 4
         return f"{d.name}.nr_entries", 4
 
-    def gate_watch(self, ncpus: int) -> list[int]:
-        """The addresses of gate_word(): one, or one per CPU (v6.16+; reads the guest)."""
+    def watch_addrs(self, ncpus: int) -> list[int]:
+        """The addresses of watch_word(): one, or one per CPU (v6.16+; reads the guest)."""
         d = self.desc
         if self.percpu_refs is not None:
             return [(mem.read_u64(self.per_cpu_offset + 8 * cpu) + self.percpu_refs) & MASK64
                     for cpu in range(ncpus)]
         if d.is_pointer:
             return [self.desc_addr]
-        return [self.desc_addr + (d.refs_off if d.refs_off is not None else d.nr_off)]
+        return [self.desc_addr + d.nr_off]
+
+    def exit_ranges(self) -> list[tuple[int, int]]:
+        """Where a vCPU is between the handler's return and the iretq: the handler's callers
+        (exc_int3 / do_int3) and the entry text (asm_exc_int3 ... native_irq_return_iret)."""
+        out = []
+        for caller in {c for c, _ in self.returns}:
+            fn = self._function_range(symbol_address(caller))
+            if fn:
+                out.append(fn)
+        lo, hi = symbol_address("__entry_text_start"), symbol_address("__entry_text_end")
+        if lo and hi:
+            out.append((lo, hi))
+        elif self.int3_entry and self.iret:
+            out.append((min(self.int3_entry, self.iret), max(self.int3_entry, self.iret) + 2))
+        return out
+
+    @staticmethod
+    def _function_range(addr: int | None) -> tuple[int, int] | None:
+        if addr is None:
+            return None
+        try:
+            fn = gdb.block_for_pc(addr)
+            while fn is not None and fn.function is None:
+                fn = fn.superblock
+            if fn is not None:
+                return fn.start, fn.end
+        except RuntimeError:
+            pass
+        return None
+
+    def handler_range(self) -> tuple[int, int]:
+        """[start, end) of the text-patch handler's code (its DWARF block, else the
+        disassembly's last instruction)."""
+        try:
+            fn = gdb.block_for_pc(self.handler)
+            while fn is not None and fn.function is None:
+                fn = fn.superblock
+            if fn is not None and fn.start == self.handler:
+                return fn.start, fn.end
+        except RuntimeError:
+            pass
+        code = self.disassemble(self.handler_name)
+        return self.handler, code[-1][0] + code[-1][1]
 
     def _batch_layout(self) -> None:
         """The batch descriptor and its text_poke_loc layout, from DWARF (v5.3+)."""
@@ -336,9 +394,9 @@ class KernelInfo:
              if self.percpu_refs else "-"),
             ("iret", f"{IRET} at {self.iret:#x}" if self.iret else "not found (no landing checks)"),
             ("DWARF", "yes" if self.dwarf else NO_DWARF),
-            ("gate", f"with --gate: an access watchpoint on {self.gate_word()[0]} arms the handler's breakpoints"
-             + (f"; out again once text_mutex ({self.text_mutex:#x}) is free" if self.text_mutex else "")
-             if not self.no_gate else f"none, the breakpoints stay in: {self.no_gate}"),
+            ("engine", f"watch (default): a read watchpoint on {self.watch_word()[0]}, then each int3's "
+             "return slot and regs->ip; breakpoints: on the handler, its returns, the int3 entry, the iretq"
+             if not self.no_watch else f"breakpoints only: {self.no_watch}"),
         ]
 
     def to_json(self) -> dict:
@@ -350,7 +408,7 @@ class KernelInfo:
                 "loc_type": self.loc_type, "loc_layout": self.loc.to_json() if self.loc else None,
                 "stext": self.stext,
                 "int3_entry": [self.int3_entry_name, self.int3_entry], "iret": self.iret, "dwarf": self.dwarf,
-                "gate_word": None if self.no_gate else self.gate_word()[0], "no_gate": self.no_gate}
+                "watch_word": None if self.no_watch else self.watch_word()[0], "no_watch": self.no_watch}
 
     def read_cpu_refs(self, cpu: int) -> int | None:
         """This CPU's text_poke_array_refs (v6.16+), or None where refs are not per CPU."""

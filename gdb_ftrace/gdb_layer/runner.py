@@ -135,48 +135,13 @@ class _Ender:
 
 
 _sigint = [False]  # a stop by SIGINT (Ctrl-C, the driver's timeout) was seen
-_gate_stop = [False]  # a stop by the gate's own interrupt
-_gate: list = [None]  # the Gate of the checker being driven
+_sigtrap = [False]  # the last stop was a SIGTRAP gdb matched to no breakpoint
 
 
 def _on_stop(ev) -> None:
+    _sigtrap[0] = isinstance(ev, gdb.SignalEvent) and ev.stop_signal == "SIGTRAP"
     if isinstance(ev, gdb.SignalEvent) and ev.stop_signal == "SIGINT":
-        g = _gate[0]
-        if g is not None and g.expects_interrupt(time.monotonic()):
-            _gate_stop[0] = True
-        else:
-            _sigint[0] = True
-
-
-class _GateTimer:
-    """Interrupts the guest once the armed gate has been quiet (core/gate.py); the stop's
-    decision is the driver loop's (Checker.at_gate_stop). An interrupt stop costs QEMU no
-    translation-cache flush, unlike a breakpoint stop."""
-
-    def __init__(self, c: "checker.Checker") -> None:
-        self.g, self.done = c.gate, False
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.done:
-            time.sleep(0.02)
-            now = time.monotonic()
-            if not self.done and self.g.wants_interrupt(now):
-                self.g.interrupt_sent(now)
-                gdb.post_event(self._fire)
-
-    def _fire(self) -> None:
-        if self.done or not self.g.may_interrupt(time.monotonic()):
-            self.g.interrupt_at = None  # a stop of ours came meanwhile: ask again when quiet
-            return
-        try:
-            gdb.execute("interrupt", to_string=True)
-        except gdb.error:
-            self.g.interrupt_at = None
-
-    def stop(self) -> None:
-        self.done = True
+        _sigint[0] = True
 
 
 gdb.events.stop.connect(_on_stop)
@@ -187,19 +152,23 @@ INTERRUPTED = "interrupted (Ctrl-C or SIGINT)"
 def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
     """Continue the guest until it exits or stops for a reason that is not ours.
 
-    The checker's real stops are where its breakpoints must be switched (the iretq
-    of an emulated int3 in MODE=landing/full; the gate's arming and interrupt stops):
-    sync them and continue. A SIGINT ends the loop wherever it lands: during a
+    The checker's real stops are where its breakpoints or watchpoints must be switched
+    (the iretq of an emulated int3; the watch engine's return-slot and regs->ip
+    watchpoints): sync them and continue. A SIGINT ends the loop wherever it lands: during a
     continue or inside a breakpoint's callback. Returns why the loop ended.
     """
-    _sigint[0] = _gate_stop[0] = False
-    timer = None
+    _sigint[0] = False
     if c is not None:
         c.bps.interrupted = False
-        if c.gate is not None:
-            _gate[0] = c.gate
-            c.bps.sync()  # armed or not since the last run
-            timer = _GateTimer(c)
+        c.bps.sync()  # what the guest's state wants since the last run
+    # The watch engine: gdb keeps the watchpoints in QEMU across its real stops instead of
+    # taking all of them out and back in at each: QEMU 7.2 keeps a vCPU's pending hit as a
+    # pointer to its watchpoint, and a hit pending across a removal was lost (trace-all,
+    # SAMPLE=0: 1 794 returns never reported this way, none with it; docs/cost.md).
+    keep = c is not None and c.watch
+    if keep:
+        was = gdb.parameter("breakpoint always-inserted")
+        gdb.execute("set breakpoint always-inserted on", to_string=True)
     try:
         while True:
             try:
@@ -213,9 +182,8 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
                 return deadline.why
             if _sigint[0] or (c is not None and c.bps.interrupted):
                 return INTERRUPTED
-            if _gate_stop[0]:
-                _gate_stop[0] = False
-                c.at_gate_stop()
+            if c is not None and _sigtrap[0] and c.stray_trap():
+                c.bps.sync()
                 continue
             if c is not None and c.bps.sync():
                 continue
@@ -223,15 +191,17 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
     except KeyboardInterrupt:
         return INTERRUPTED
     finally:
-        if timer is not None:
-            timer.stop()
-        _gate[0] = None
+        if keep:
+            try:
+                gdb.execute(f"set breakpoint always-inserted {'on' if was else 'off'}", to_string=True)
+            except gdb.error:
+                pass
 
 
 def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,
         sample: int = 0, inject: str | None = None, stops_path: str | None = None, bare: bool = False,
         wait_kernel: bool = False, duration: float | None = None, detach: bool = False,
-        stop_file: str | None = None, gate: bool = False) -> None:
+        stop_file: str | None = None, engine: str = "watch") -> None:
     """arm=False only attaches (no breakpoint), bare=True adds one Python breakpoint on the
     handler that does nothing: the baselines of scripts/bench-stops. wait_kernel: the
     guest is held at reset and boots with KASLR: run it until its kernel is up, then
@@ -264,7 +234,7 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             _say(f"bare breakpoint on {kernel.info().handler_name}")
         if arm:
             c = checker.Checker(mode, json_path=json_path, sample=sample, inject=inject, stops_path=stops_path,
-                                gate=gate)
+                                engine=engine)
             c.arm()
             checker.active = c
             _say(f"armed on {', '.join(n for n, _ in c.kinfo.handlers)} (mode {mode}"
@@ -272,7 +242,7 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
                  + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
             if not c.kinfo.dwarf:
                 _say(f"vmlinux has no DWARF: {kernel.NO_DWARF[4:]}")
-            _say(f"gate: {c.gate_describe()}")
+            _say(f"engine: {c.describe_engine()}")
         deadline = _Ender(c, duration, stop_file)
         if duration:
             _say(f"running for {duration:g} s")
@@ -289,7 +259,7 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
                 _say(f"injection {c.injector.describe()}")
             _say(f"events={len(c.events)} checker_errors={len(c.errors)} "
                  + " ".join(f"{k}={v}" for k, v in c.tracker.stats.to_json().items())
-                 + ("".join(f" gate_{k}={v}" for k, v in c.gate.stats.to_json().items()) if c.gate else ""))
+                 + ("".join(f" watch_{k}={v}" for k, v in c.watch_stats.to_json().items()) if c.watch else ""))
         if bare_bp is not None and bare_bp.is_valid():
             bare_bp.delete()
         _end(detach and connected)

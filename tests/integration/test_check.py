@@ -29,11 +29,14 @@ def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir, tmp_path):
                  if r[0].startswith("cmdline_proc_show+") and r[3] == "CALL" and r[5] == "VERIFIED"]
     targets = {r[4] for r in call_rows}
     assert "ftrace_caller" in targets and len(targets) >= 2, p.stdout
-    # MODE=full is the default: every kernel int3 has the CPU's frame from the
-    # entry stop, and every emulation was followed to its landing.
+    # MODE=full and ENGINE=watch are the defaults: every kernel int3's CPU frame read above
+    # pt_regs (no entry stop), every emulation followed past its iretq; those QEMU reported
+    # late are said (README, Modes), and are few.
     m = re.search(r"CPU frame from the int3 entry for (\d+)/(\d+) .* landing after iret for (\d+)/(\d+)",
                   p.stdout)
-    assert m and m[1] == m[2] and m[3] == m[4] and int(m[3]) >= 50, p.stdout
+    assert m and m[1] == "0" and int(m[4]) >= 50 and int(m[3]) >= 0.9 * int(m[4]), p.stdout
+    if m[3] != m[4]:
+        assert "landing(s) not seen: QEMU reported the watchpoint on regs->ip late" in p.stdout, p.stdout
     # The VM was built before the tests ran: this run must neither download nor build.
     assert not re.search(r"\[vm\] (downloading|extracting|building|adding)", p.stderr), p.stderr
     assert "[vm] VM ready" in p.stderr
@@ -182,7 +185,9 @@ def test_trace_all_passes_with_jump_labels_and_calls(vm_dir, tmp_path):
     # Jump labels (JMP8/JMP32 <-> NOP2/NOP5 outside fentry sites) flip too.
     assert any(ev.loc and classify_bytes(ev.loc.installed) in ("JMP8", "JMP32", "NOP2")
                for ev in verified)
-    assert any(ev.landing for ev in events) and any(ev.hw_source == "entry" for ev in events)
+    # The watch engine: landings after the iretq, every kernel int3's CPU frame above pt_regs.
+    assert any(ev.landing and ev.landing["from"] == "registers after iretq" for ev in events)
+    assert all(ev.gap for ev in events if not ev.before.get("cs", 0) & 3)
 
 
 def test_guest_panic_mid_run_ends_with_a_partial_report(vm_dir, tmp_path):

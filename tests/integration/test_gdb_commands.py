@@ -86,12 +86,14 @@ def test_report_from_a_recorded_event_log(vm_dir):
 
 
 def test_interactive_session_arm_full_and_run(vm_dir, tmp_path):
-    """What a developer types: target remote, arm --mode full, run, report."""
+    """What a developer types: target remote, arm --mode full, run, report; with the breakpoint
+    engine, whose int3 entry stop reads the CPU's frame (the watch engine is the make check's)."""
     qemu, port = start_qemu(vm_dir, tmp_path, toggles=10)
     try:
         log = tmp_path / "ev.jsonl"
         out = gdb(os.path.join(vm_dir, "vmlinux"), f"target remote 127.0.0.1:{port}",
-                  f"ftrace-int3 arm --mode full --json {log}", "ftrace-int3 run", "ftrace-int3 report")
+                  f"ftrace-int3 arm --mode full --engine breakpoints --json {log}", "ftrace-int3 run",
+                  "ftrace-int3 report")
     finally:
         qemu.kill()
         qemu.wait(timeout=30)

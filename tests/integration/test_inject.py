@@ -11,16 +11,20 @@ from gdb_ftrace.core.verdict import FAIL_VERDICTS
 
 from .helpers import junit_read, kunit_parse, start_check, summary
 
-EXPECTED = {  # mode -> the verdict it must produce
+EXPECTED = {  # mode -> the verdict it must produce (the watch engine, the default)
     "skip-call": "WRONG-TARGET",
     "wrong-return": "WRONG-RETURN",
     "no-gap": "GAP-VIOLATION",
     "late-int3": "MISSED",
+    # The same fault seen by the breakpoint engine, which reads the CPU's frame at the int3 entry.
+    "no-gap@breakpoints": "GAP-VIOLATION",
 }
 
 
-def run_injected(vm_dir, out, mode):
+def run_injected(vm_dir, out, case):
+    mode, _, engine = case.partition("@")
     p = start_check(vm_dir, out, "--toggles", "10", "--timeout", "300", "--inject", mode,
+                    "--engine", engine or "watch",
                     "--ktap", os.path.join(out, "r.ktap"), "--junit", os.path.join(out, "r.xml"))
     stdout, stderr = p.communicate(timeout=420)
     events, meta = report.load_events(os.path.join(out, "events.jsonl"))
@@ -28,14 +32,16 @@ def run_injected(vm_dir, out, mode):
     return p.returncode, stdout, stderr, events, meta, run
 
 
-@pytest.mark.parametrize("mode", sorted(EXPECTED))
-def test_injected_fault_gives_its_verdict(vm_dir, tmp_path, mode):
-    rc, stdout, stderr, events, meta, run = run_injected(vm_dir, tmp_path, mode)
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_injected_fault_gives_its_verdict(vm_dir, tmp_path, case):
+    rc, stdout, stderr, events, meta, run = run_injected(vm_dir, tmp_path, case)
+    mode, _, engine = case.partition("@")
+    assert meta["engine"] == (engine or "watch")
     s = summary(stdout)
     assert rc != 0 and s["status"] == "FAIL", stdout[-2000:]
     assert run["inject"] == mode and meta["inject"] == mode
     assert f"inject: {mode}" in stdout
-    want = EXPECTED[mode]
+    want = EXPECTED[case]
     hit = [ev for ev in events if ev.verdict == want]
     assert hit, collections.Counter(ev.verdict for ev in events)
     # No other FAIL class anywhere, and the faulty events are the injected ones.
@@ -61,8 +67,11 @@ def test_injected_fault_gives_its_verdict(vm_dir, tmp_path, mode):
         # Caught at the handler's return and again at the landing; repaired after it.
         assert all(any(r.startswith("after iret") for r in ev.reasons) for ev in hit)
         assert s["guest_unpatched"] == 0
-    if mode == "no-gap":
+    if mode == "no-gap" and engine == "breakpoints":  # the frame read at the entry, and where it is
         assert any("a gap needs 48" in r for ev in hit for r in ev.reasons)
+    if mode == "no-gap" and not engine:  # the words above pt_regs are not the CPU's frame
+        assert any("not the CPU's frame in the 6 words above pt_regs" in r for ev in hit for r in ev.reasons)
+    if mode == "no-gap":
         assert "guest console:" in stdout  # what the guest did next is reported
     if mode == "late-int3":
         assert s["failed"] == 0 and s["missed"] >= 1

@@ -64,7 +64,7 @@ def test_soak_no_run_json_is_a_fail(tmp_path):
 def test_bench_table_from_run_json_records():
     bench = load("bench-stops")
     assert bench.SETUP_NAMES == ("none", "attached", "bare", "handler", "landing", "full", "idle-attached",
-                                 "idle-full", "full-gate", "idle-gate")
+                                 "idle-full", "full-bp", "idle-bp")
     walls = {"none": (17.1, 15.2), "attached": (18.1, 16.5), "bare": (20.0, 20.4), "handler": (21.7, 21.5),
              "landing": (24.3, 22.7), "full": (24.1, 23.5), "idle-attached": (10.0, 10.2), "idle-full": (14.0, 14.3)}
     events = {"none": 0, "attached": 0, "bare": 0, "handler": 196, "landing": 194, "full": 228,
@@ -78,10 +78,10 @@ def test_bench_table_from_run_json_records():
     assert header.split()[:2] == ["setup", "wall"] and set(rule) <= {"-", " "}
     cells = {r.split()[0]: r.split() for r in rows}
     assert cells["none"] == ["none", "17.1,", "15.2", "16.1", "1000", "0"]  # no cost for no checker
-    # full: (23.8 - 17.3) s / 228 int3s = 28.5 ms per int3, / 4 stops = 7.1 ms per stop
-    assert cells["full"][-2:] == ["28.5", "7.1"]
+    # full (watch engine): (23.8 - 17.3) s / 228 int3s = 28.5 ms per int3, / 3 stops = 9.5 ms per stop
+    assert cells["full"][-2:] == ["28.5", "9.5"]
     assert cells["handler"][-1] == "11.0"  # 21.9 ms / 2 stops
-    assert "(bare 1, handler 2, landing 3, full 4, full-gate 4)" in text[-2]
+    assert "(bare 1, handler 2, landing 3, full 3, full-bp 4)" in text[-2]
     assert text[-1].startswith("idle: scenario phase (BOOTED to RESULT) attached ?") and "ratio 1.40" in text[-1]
     line = bench.summary_line(results, None)
     phased = {m: [dict(r, phase_s=p) for r, p in zip(rs, (8.0, 8.2) if m == "idle-attached" else (8.3, 8.5))]
@@ -91,3 +91,16 @@ def test_bench_table_from_run_json_records():
     # idle: 14.15 / 10.1; handler: (21.6 - 17.3) s / 196 int3s; landing: 6.2 s / 194
     assert line == "ftrace-int3 bench: idle=1.40 handler_ms=21.9 landing_ms=32.0 full_ms=28.5 trace_all_s=skipped"
     assert bench.summary_line(results, {"wall_s": 281.4, "passed": True}).endswith("trace_all_s=281")
+
+
+def test_bench_breakdown_per_stop_from_run_json():
+    bench = load("bench-stops")
+    results = {"attached": [{"wall_s": 16.0, "events": 0}],
+               "bare": [{"wall_s": 18.0, "events": 200}],
+               "full": [{"wall_s": 17.0, "events": 200, "stops": {"hits": 500, "real": 400, "callback_s": 0.25}}],
+               "full-bp": [{"wall_s": 22.0, "events": 200, "stops": {"hits": 1000, "real": 200, "callback_s": 0.5}}]}
+    text = bench.breakdown(results).splitlines()
+    rows = {line.split()[0]: line.split() for line in text[3:]}
+    assert rows["bare"] == ["bare", "200", "0", "10.00", "0.00", "10.00"]  # 2 s / 200 hits
+    assert rows["full"] == ["full", "500", "400", "2.00", "0.50", "1.50"]  # 1 s / 500 stops, 0.25 s Python
+    assert rows["full-bp"] == ["full-bp", "1000", "200", "6.00", "0.50", "5.50"]

@@ -33,6 +33,9 @@ STREAMS = {
     "inject-skip-call-5.4.286-src-full": (CheckMode.FULL, 0, ".jsonl.gz"),
     # Debian 11's 5.10.0-32 (v5.6-v5.19: bp_desc pointer, K8 NOP5s)
     "livepatch-trace-5.10.0-32-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
+    # The watch engine (core/watch.py): landings from the registers after the iretq, 4 returns
+    # reported late (return value inferred), 3 lost (INCOMPLETE), 6 landings reported late
+    "livepatch-trace-6.12.117-cloud-watch-full": (CheckMode.FULL, 0, ".jsonl.gz"),
 }
 
 
@@ -242,3 +245,19 @@ def test_handler_return_value_is_a_signed_int():
     assert T.handler_return_value(1) == 1
     assert T.handler_return_value(0xFFFFFFFF) == -1
     assert T.handler_return_value(0xDEAD00000000) == 0
+
+
+def test_watch_engine_stream_late_and_lost_reports():
+    """What the watch engine feeds when QEMU reports a watchpoint late or never: the events
+    say so, and none of them is judged on what was not seen."""
+    t = replay("livepatch-trace-6.12.117-cloud-watch-full")
+    evs = t.events
+    late = [ev for ev in evs if any("reported late" in n for n in ev.notes)]
+    lost = [ev for ev in evs if ev.verdict == "INCOMPLETE"]
+    unseen = [ev for ev in evs if ev.ret and ev.landing is None]
+    assert len(late) == 4 and all(ev.verdict == "VERIFIED" and ev.ret == 1 for ev in late)
+    assert len(lost) == 3 and all("not reported by QEMU" in ev.reasons[0] for ev in lost)
+    assert len(unseen) == 6 and all("late" in ev.landing_note for ev in unseen)
+    landed = [ev for ev in evs if ev.landing is not None]
+    assert landed and all(ev.landing["from"] == "registers after iretq" for ev in landed)
+    assert not any(ev.verdict in ("WRONG-LANDING", "MISSED") for ev in evs)

@@ -218,6 +218,19 @@ def test_wrong_landing_return_address(full):
     assert v == "WRONG-LANDING" and "[rsp]" in reasons[0]
 
 
+def test_late_landing_from_the_frame_does_not_judge_rsp_top(full):
+    # The watch engine, a report QEMU made late: rip and rsp from the frame still in memory,
+    # [rsp] unknown. Its rip is still judged.
+    ev = _first(full, lambda e: e.ret == 1 and e.expected.kind == "CALL")
+    ev.landing["top"] = None
+    ev.landing["from"] = "iret frame, read after a late report ([rsp] not known)"
+    assert judge(ev)[0] == "VERIFIED"
+    ev.landing["ip"] = ev.site + 5
+    assert judge(ev)[0] == "WRONG-LANDING"
+    line = report.coverage([ev])
+    assert "(1 of them reported late: rip and rsp from the frame the iretq loaded, not [rsp])" in line
+
+
 def test_handler_fault_outranks_landing(full):
     ev = _first(full, lambda e: e.ret == 1 and e.expected.kind == "CALL")
     ev.pushed += 2

@@ -1,0 +1,126 @@
+"""core/watch.py: which watchpoint stop is which, on stops recorded from a real run.
+
+The values are from a MODE=full run on 6.12.117+deb12-cloud-amd64 (KASLR slide
+0xce00000, 2 vCPUs, QEMU 7.2): poke_int3_handler at 0xffffffff8ea91770 (0x1e6
+bytes), its first read of bp_desc.nr_entries ends at +46, exc_int3's call to it
+returns to 0xffffffff8ea908ae, exc_int3 is 0x124 bytes, the entry text
+0xffffffff8ec00010-0xffffffff8ec0224b. Each stop below is one the debug log of
+that run printed (vCPU, %rip, %rsp, the open events' handler %rsp).
+"""
+
+import dataclasses
+
+import pytest
+
+from gdb_ftrace.core import watch as W
+
+SLIDE = 0xCE00000
+HANDLER = 0xFFFFFFFF81C91770 + SLIDE
+EXC_INT3 = 0xFFFFFFFF81C908A0 + SLIDE
+PLACES = W.Places(
+    handler=(HANDLER, HANDLER + 0x1E6),
+    exit_path=((EXC_INT3, EXC_INT3 + 0x124), (0xFFFFFFFF81E00010 + SLIDE, 0xFFFFFFFF81E0224B + SLIDE)),
+    entry_rips=frozenset({HANDLER + 46}),
+    returns=frozenset({0xFFFFFFFF8EA908AE}),
+)
+
+
+@dataclasses.dataclass
+class Ev:  # the fields of core.event.Int3Event the rules read
+    handler_rsp: int
+    seq: int = 1
+
+
+def test_the_first_read_in_the_handler_is_an_entry():
+    kind, ev = W.classify(PLACES, 0xFFFFFFFF8EA9179E, 0xFFFFCCFB000C3D38, [], None)
+    assert (kind, ev) == ("entry", None)
+    assert W.word_stop(True, 0xFFFFFFFF8EA9179E, None) == "entry"
+
+
+def test_a_return_is_the_ret_site_with_rsp_just_above_the_slot():
+    ev = Ev(0xFFFFCCFB000C3D38)
+    assert W.classify(PLACES, 0xFFFFFFFF8EA908AE, 0xFFFFCCFB000C3D40, [ev], None) == ("return", ev)
+    # Same place, another stack depth: a return of another call, not this one.
+    assert W.classify(PLACES, 0xFFFFFFFF8EA908AE, 0xFFFFCCFB000C3D48, [ev], None)[0] == "late-return"
+
+
+def test_a_report_after_exc_int3_returned_is_a_late_return():
+    # Recorded: the handler's `ret` reported only after exc_int3's own ret (asm_exc_int3+57).
+    ev = Ev(0xFFFFCCFB00100CA8)
+    assert W.classify(PLACES, 0xFFFFFFFF8EC01279, 0xFFFFCCFB00100CC8, [ev], None) == ("late-return", ev)
+
+
+def test_a_report_far_away_means_the_return_was_lost():
+    # Recorded: the slot read again by unrelated code, long after the int3 (stack reused).
+    ev = Ev(0xFFFFCCFB00003CA8)
+    assert W.classify(PLACES, 0xFFFFFFFF8DF25F60, 0xFFFFCCFB00003C10, [ev], None) == ("lost-return", ev)
+
+
+def test_landed_only_out_of_the_handler_and_the_exit_path():
+    land = Ev(0)
+    assert W.classify(PLACES, 0xFFFFFFFF8DFAC42D, 0xFFFFCCFB000C3E38, [], land) == ("landed", land)
+    # Still in error_return / restore_regs... (entry text): not yet.
+    assert W.classify(PLACES, 0xFFFFFFFF8EC01279, 0xFFFFCCFB000C3DD0, [], land) == ("pass", None)
+    # A new int3's handler on that vCPU comes first: an entry.
+    assert W.classify(PLACES, 0xFFFFFFFF8EA9179E, 0xFFFFCCFB000C3D38, [], land)[0] == "entry"
+
+
+def test_nothing_of_ours():
+    assert W.classify(PLACES, 0xFFFFFFFF8DF25F60, 0xFFFFCCFB00003C10, [], None) == ("pass", None)
+
+
+@pytest.mark.parametrize("rip,open_rip,kind", [
+    (HANDLER + 46, None, "entry"),
+    (HANDLER + 109, None, "entry"),  # a late report, still before the emulation: regs decide
+    (HANDLER + 109, HANDLER + 46, "same-call"),
+    (HANDLER + 46, HANDLER + 46, "entry-missed-return"),
+])
+def test_word_stop(rip, open_rip, kind):
+    assert W.word_stop(True, rip, open_rip) == kind
+
+
+# seq 4 of the run: a NOP2 emulated at sched_clock_idle_wakeup_event+0x4.
+GAP4 = (0xFFFFFFFFFFFFFFFF, 0xFFFFFFFF8DFA9385, 0x10, 0x87, 0xFFFFCCFB0009BD80, 0x18)
+BEFORE4 = {"ip": 0xFFFFFFFF8DFA9385, "sp": 0xFFFFCCFB0009BD80, "cs": 0x10, "flags": 0x87, "ss": 0x18}
+AFTER4 = {"ip": 0xFFFFFFFF8DFA938F, "sp": 0xFFFFCCFB0009BD80}
+
+
+def test_regs_untouched_compares_with_the_cpu_frame_in_the_gap():
+    assert W.regs_untouched(BEFORE4, GAP4)
+    assert not W.regs_untouched({**BEFORE4, **AFTER4}, GAP4)
+    assert W.regs_untouched(BEFORE4, ())  # no gap (from user mode, INJECT=no-gap): nothing to compare
+
+
+def test_same_int3_by_the_frame_above_pt_regs():
+    assert W.same_int3(GAP4, GAP4)
+    pushed = GAP4[:5] + (0xFFFFFFFF8DFA938A,)  # an emulated CALL overwrites the ss slot only
+    assert W.same_int3(GAP4, pushed)
+    other = (GAP4[0], 0xFFFFFFFF8DFAC34F) + GAP4[2:]  # another int3 at the same depth
+    assert not W.same_int3(GAP4, other)
+
+
+def test_inferred_return():
+    assert W.inferred_return(BEFORE4, AFTER4) == 1
+    assert W.inferred_return(BEFORE4, {"ip": BEFORE4["ip"], "sp": BEFORE4["sp"]}) == 0
+
+
+def test_exact_landing_is_the_frame_the_iretq_loaded():
+    frame = (AFTER4["ip"], 0x10, 0x87, AFTER4["sp"], 0x18)
+    assert W.exact_landing(AFTER4["ip"], AFTER4["sp"], frame)
+    # Recorded late report: the vCPU had called on past the landing (rsp - 8, elsewhere).
+    assert not W.exact_landing(0xFFFFFFFF8D24EA60, AFTER4["sp"] - 8, frame)
+
+
+def test_entry_rips_from_the_disassembly():
+    code = [(HANDLER + 16, 6, "mov    0x1a53e66(%rip),%eax        # 0xffffffff904e55ec <bp_desc+12>"),
+            (HANDLER + 39, 7, "movslq 0x1a53e4a(%rip),%rcx        # 0xffffffff904e55e8 <bp_desc+8>")]
+    assert W.entry_rips_from(code, 0xFFFFFFFF904E55E8) == {HANDLER + 46}
+    assert W.entry_rips_from(code, 0xFFFFFFFF904E0000) == frozenset()
+
+
+def test_frame_kept_when_memory_still_holds_what_the_handler_left():
+    frame = (AFTER4["ip"], 0x10, 0x87, AFTER4["sp"], 0x18)
+    assert W.frame_kept(frame, AFTER4)
+    # The vCPU ran on and pushed over the frame: not what the iretq loaded any more.
+    assert not W.frame_kept((0xFFFFFFFF8DF25F60,) + frame[1:], AFTER4)
+    assert not W.frame_kept(frame, None)
