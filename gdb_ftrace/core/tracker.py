@@ -83,6 +83,7 @@ class HandlerReturnStop:
     pushed: int | None = None  # [regs->sp] when sp moved
     injected: tuple[Injection, ...] = ()
     note: str = ""  # how it was seen, when not right after the `ret` (the watch engine's late report)
+    late: bool = False  # read after a late report: it may confirm the emulation, never fail it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,6 +370,7 @@ class Tracker:
         ev.injected += s.injected
         if s.note:
             ev.notes.append(s.note)
+        ev.late_read = s.late
         ev.after = dict(s.after) if s.after is not None else None
         ev.pushed = s.pushed
         cpu = ev.cpu

@@ -197,7 +197,8 @@ class Checker:
         rax = W.inferred_return(ev.before, after)
         note = ("the watchpoint on its return address was reported late: pt_regs read in the exit path, "
                 f"return value {rax} inferred from regs->ip")
-        return self._feed(T.HandlerReturnStop(cpu, (ev.handler_rsp + 8) & MASK64, rax, after, pushed, note=note))
+        return self._feed(T.HandlerReturnStop(cpu, (ev.handler_rsp + 8) & MASK64, rax, after, pushed, note=note,
+                                              late=True))
 
     def _landed(self, cpu: int, ev, rip: int, rsp: int) -> bool:
         """Past the iretq (the vCPU has left the exit path). When the report came right after
