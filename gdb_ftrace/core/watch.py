@@ -149,6 +149,27 @@ def frame_kept(frame: tuple[int, ...], after: dict[str, int] | None) -> bool:
     return bool(after) and len(frame) >= 4 and frame[0] == after.get("ip") and frame[3] == after.get("sp")
 
 
+STACK_SCAN_WORDS = 96  # from the handler's %rsp: its frame, the caller's, pt_regs (21 words) and the gap
+
+
+def find_frames(words: tuple[int, ...], rsp: int, returns: frozenset[int], regs_words: int = 21,
+                ip_word: int = 16) -> tuple[int, int] | None:
+    """(pt_regs address, handler %rsp at its first instruction) from the stack words at %rsp,
+    without DWARF or an unwinder: the handler's return slot is the first word that is a return
+    site of a call to it; pt_regs is the first place above it whose ip, cs, flags, sp, ss are
+    repeated in the gap right above it (the entry code's copy of the CPU's frame, whose
+    orig_ax slot is -1). None when the stack does not look like that (no gap)."""
+    slot = next((i for i, w in enumerate(words) if w in returns), None)
+    if slot is None:
+        return None
+    for i in range(slot + 1, len(words) - regs_words - 6):
+        frame = words[i + ip_word:i + ip_word + 5]
+        gap = words[i + regs_words:i + regs_words + 6]
+        if gap[0] == MASK64 and tuple(gap[1:6]) == tuple(frame) and frame[1] & 3 == 0:
+            return (rsp + 8 * i) & MASK64, (rsp + 8 * slot) & MASK64
+    return None
+
+
 def is_handler_return(rip: int, rsp: int, slot: int, return_sites: frozenset[int]) -> bool:
     """The return slot was read by the handler's `ret`: %rsp just above it, %rip at a
     return site of the call (other code reads that stack word once the handler is gone)."""

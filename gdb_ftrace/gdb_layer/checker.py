@@ -282,10 +282,23 @@ class Checker:
                 return regs if what == "int3" else None
         return None
 
+    def _frames_from_stack(self) -> tuple[int, int] | None:
+        """(pt_regs, handler %rsp) read off the stack (core.watch.find_frames): one read, no
+        DWARF, no unwinder (without DWARF gdb's prologue analysis misreads the handler)."""
+        rsp = reg("rsp")
+        raw = mem.try_read(rsp, 8 * W.STACK_SCAN_WORDS)
+        if raw is None:
+            return None
+        regs = self.kinfo.pt_regs
+        return W.find_frames(tuple(u64s(raw)), rsp, self._w.returns, regs.size // 8,
+                             regs.fields["ip"].offset // 8)
+
     def _in_handler(self) -> tuple[int, int] | None:
         """(pt_regs, %rsp at its first instruction) of the text-patch handler this vCPU is in
         (DWARF's `regs`, else %rdi; the caller's %rsp - 8), or None when the watched word was
         touched elsewhere."""
+        if self.watch and not self.kinfo.dwarf:
+            return self._frames_from_stack()
         frame = gdb.selected_frame()
         while frame is not None and frame.type() == gdb.INLINE_FRAME:
             frame = frame.older()

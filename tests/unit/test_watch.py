@@ -124,3 +124,22 @@ def test_frame_kept_when_memory_still_holds_what_the_handler_left():
     # The vCPU ran on and pushed over the frame: not what the iretq loaded any more.
     assert not W.frame_kept((0xFFFFFFFF8DF25F60,) + frame[1:], AFTER4)
     assert not W.frame_kept(frame, None)
+
+
+def _stack(extra_below: tuple = ()):
+    """The stack at the handler's %rsp as seq 4 of the run had it: the return slot, exc_int3's
+    three words, pt_regs (orig_ax -1, then the CPU's frame), the gap holding the same frame."""
+    regs = [0x1111 * (i + 1) for i in range(15)] + [0xFFFFFFFFFFFFFFFF] + list(GAP4[1:6])
+    return extra_below + (0xFFFFFFFF8EA908AE, 0, 0xFFFFCCFB0009BD30, 0) + tuple(regs) + GAP4 + (0,) * 60
+
+
+def test_find_frames_reads_pt_regs_and_the_return_slot_off_the_stack():
+    rsp = 0xFFFFCCFB0009BC88
+    assert W.find_frames(_stack(), rsp, PLACES.returns) == (rsp + 32, rsp)
+    # A report after the handler pushed %rbx: one word lower, same answer.
+    assert W.find_frames(_stack((0x42,)), rsp - 8, PLACES.returns) == (rsp + 32, rsp)
+    # No return site on the stack, or no gap repeating the frame: not the handler's stack.
+    assert W.find_frames(_stack()[1:], rsp + 8, PLACES.returns) is None
+    broken = list(_stack())
+    broken[4 + 21 + 1] ^= 1  # the gap's ip differs from pt_regs->ip
+    assert W.find_frames(tuple(broken), rsp, PLACES.returns) is None
