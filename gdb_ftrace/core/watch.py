@@ -14,9 +14,11 @@ breakpoint in kernel text while the kernel patches correctly:
   the return slot (read)             put in at the entry: the word the handler's
                                      `ret` pops, so the stop lands on the return
                                      site with %rax the return value
-  regs->ip (read)                    put in at the return of an emulated int3:
-                                     the iretq loads it, and the stop comes after
-                                     the iretq: the vCPU's registers are the landing
+  regs->cs (read)                    put in at the return of an emulated int3:
+                                     the exit path tests it (error_return) and the
+                                     iretq loads it: a stop before the iretq reads
+                                     the frame it will load (nothing writes it any
+                                     more), a stop after it has the vCPU's registers
 
 QEMU's x86 watchpoints stop after the accessing instruction. gdb changes
 breakpoints only at a real stop, so a stop that needs a watchpoint in or out is
@@ -46,7 +48,8 @@ class WatchStats:
     returns: int = 0  # handler returns reported right after its `ret`
     late_returns: int = 0  # reported in the exit path: pt_regs read there, return value inferred
     lost_returns: int = 0  # never reported: the event ends INCOMPLETE
-    regs_ip_stops: int = 0  # stops past an emulated int3's iretq
+    regs_ip_stops: int = 0  # stops for an emulated int3's landing (its regs->cs read)
+    landings_before_iret: int = 0  # of those, in the exit path: the frame the iretq loads
     late_landings_from_frame: int = 0  # reported late, rip and rsp from the frame still in memory
     late_landings: int = 0  # reported late, the frame gone: landing not checked
     oops_int3s: int = 0  # kernel int3s first seen at oops_enter (die("int3"))
@@ -91,14 +94,17 @@ class Places:
         return any(lo <= rip < hi for lo, hi in self.exit_path)
 
 
-def classify(p: Places, rip: int, rsp: int, opened: list, landing) -> tuple[str, Any]:
+def classify(p: Places, rip: int, rsp: int, opened: list, landing, ip_off: int = 128) -> tuple[str, Any]:
     """What one watchpoint stop on a vCPU is, from its %rip and %rsp. opened: that vCPU's
     open int3 events (handler entered, return not seen; .handler_rsp, innermost last);
     landing: its emulated int3 waiting for the iretq, or None. Returns (kind, event):
       return       right after the handler's `ret` (%rsp just above the slot, a return site)
       late-return  the handler (a leaf) has returned, the vCPU is still in the exit path
       lost-return  ... and has left it: pt_regs may be gone
-      landed       past the iretq (out of the handler and the exit path)
+      before-iret  in the exit path, still on the exception frame (%rsp at or below
+                   regs->ip): the frame the iretq will load is in place
+      landed       past the iretq (out of the handler and the exit path, or in it again
+                   on the interrupted stack)
       entry        in the handler, no open event explains it (see word_stop)
       pass         nothing of ours"""
     for ev in reversed(opened):
@@ -106,7 +112,10 @@ def classify(p: Places, rip: int, rsp: int, opened: list, landing) -> tuple[str,
             return "return", ev
         if not p.in_handler(rip):
             return ("late-return" if p.in_exit_path(rip) else "lost-return"), ev
-    if landing is not None and not p.in_handler(rip) and not p.in_exit_path(rip):
+    if landing is not None and not p.in_handler(rip):
+        ipslot = (landing.regs_addr + ip_off) & MASK64
+        if p.in_exit_path(rip) and rsp <= ipslot:
+            return "before-iret", landing
         return "landed", landing
     if p.in_handler(rip):
         return "entry", None

@@ -119,7 +119,7 @@ class Checker:
         want = {ev.handler_rsp: self.on_watch for ev in t.open_events() if ev.handler_rsp is not None}
         if self.mode.follows_landing:
             for ev in t.landing_events().values():
-                want[(ev.regs_addr + self._ip_off) & MASK64] = self.on_watch
+                want[(ev.regs_addr + self._ip_off + 8) & MASK64] = self.on_watch  # regs->cs
         return want
 
     def on_watch(self) -> bool:
@@ -130,7 +130,7 @@ class Checker:
         st = self.watch_stats
         opened = [ev for ev in t.open_events() if ev.cpu == cpu and ev.handler_rsp is not None]
         landing = t.landing_events().get(cpu) if self.mode.follows_landing else None
-        what, ev = W.classify(p, rip, rsp, opened, landing)
+        what, ev = W.classify(p, rip, rsp, opened, landing, self._ip_off)
         if what in ("return", "late-return") and not self._still_ours(ev):
             what = "lost-return"
         if what == "return":
@@ -142,7 +142,13 @@ class Checker:
                                          "QEMU's watchpoint, and its pt_regs are gone (watch engine): not judged"))
         if what == "late-return":
             st.late_returns += 1
-            return self._late_return(cpu, ev)
+            real = self._late_return(cpu, ev)
+            landing = t.landing_events().get(cpu) if self.mode.follows_landing else None
+            if landing is not None and W.classify(p, rip, rsp, [], landing, self._ip_off)[0] == "before-iret":
+                return self._before_iret(cpu, landing) or real
+            return real
+        if what == "before-iret":
+            return self._before_iret(cpu, landing)
         if what == "landed":
             return self._landed(cpu, landing, rip, rsp)
         if what == "entry":
@@ -226,6 +232,23 @@ class Checker:
         done = self.injector and self.injector.after_landing(ev)
         regs_now = (rip, reg("cs"), reg("eflags"), rsp, reg("ss"))
         return self._feed(T.IretStop(cpu, ipslot, regs_now, top, (done,) if done else (), after_iret=True))
+
+    def _before_iret(self, cpu: int, ev) -> bool:
+        """In the exit path, before the iretq: the frame in pt_regs is what it will load (POP_REGS
+        and the iretq write none of it) and the word at its sp what the vCPU will find at [rsp]:
+        the landing, as the breakpoint engine reads it at the iretq."""
+        self.watch_stats.regs_ip_stops += 1
+        ipslot = (ev.regs_addr + self._ip_off) & MASK64
+        words = tuple(u64s(mem.read(ipslot, self.kinfo.pt_regs.size - self._ip_off + 8 * len(GAP_WORDS))))
+        frame, gap = words[:len(IRET_FRAME)], words[-len(GAP_WORDS):]
+        if not W.same_int3(ev.gap, gap):
+            self.watch_stats.late_landings += 1
+            return self._feed(T.LandingUnseenStop(cpu, "the frame above its pt_regs is another int3's when the "
+                                                       "exit path was reported: not checked"))
+        self.watch_stats.landings_before_iret += 1
+        top = mem.try_read_u64(frame[IRET_FRAME.index("sp")])
+        done = self.injector and self.injector.after_landing(ev)
+        return self._feed(T.IretStop(cpu, ipslot, frame, top, (done,) if done else ()))
 
     def stray_trap(self) -> bool:
         """A SIGTRAP gdb matched to no breakpoint of its own (a hit QEMU reported under an

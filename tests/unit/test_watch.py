@@ -56,11 +56,20 @@ def test_a_report_far_away_means_the_return_was_lost():
     assert W.classify(PLACES, 0xFFFFFFFF8DF25F60, 0xFFFFCCFB00003C10, [ev], None) == ("lost-return", ev)
 
 
-def test_landed_only_out_of_the_handler_and_the_exit_path():
-    land = Ev(0)
+@dataclasses.dataclass
+class Landing:  # an emulated int3 waiting for its iretq: regs->ip at 0xffffccfb000c3dd8 (recorded)
+    regs_addr: int = 0xFFFFCCFB000C3DD8 - 128
+
+
+def test_landing_before_and_after_the_iretq():
+    land = Landing()
+    # Recorded: past the iretq, on the interrupted stack, in the interrupted code.
     assert W.classify(PLACES, 0xFFFFFFFF8DFAC42D, 0xFFFFCCFB000C3E38, [], land) == ("landed", land)
-    # Still in error_return / restore_regs... (entry text): not yet.
-    assert W.classify(PLACES, 0xFFFFFFFF8EC01279, 0xFFFFCCFB000C3DD0, [], land) == ("pass", None)
+    # In error_return / restore_regs_and_return_to_kernel, %rsp still at or below regs->ip:
+    # the frame the iretq will load is in place.
+    assert W.classify(PLACES, 0xFFFFFFFF8EC01279, 0xFFFFCCFB000C3DD0, [], land) == ("before-iret", land)
+    # In the entry text again but above the frame: another exception after the landing.
+    assert W.classify(PLACES, 0xFFFFFFFF8EC01279, 0xFFFFCCFB000C3E00, [], land) == ("landed", land)
     # A new int3's handler on that vCPU comes first: an entry.
     assert W.classify(PLACES, 0xFFFFFFFF8EA9179E, 0xFFFFCCFB000C3D38, [], land)[0] == "entry"
 
