@@ -83,7 +83,7 @@ class HandlerReturnStop:
     pushed: int | None = None  # [regs->sp] when sp moved
     injected: tuple[Injection, ...] = ()
     note: str = ""  # how it was seen, when not right after the `ret` (the watch engine's late report)
-    late: bool = False  # read after a late report: it may confirm the emulation, never fail it
+    late: bool = False  # reported after the `ret`, in the exit path: %rax unknown, the return value inferred
 
 
 @dataclasses.dataclass(frozen=True)

@@ -214,12 +214,6 @@ def landing_failures(ev: Int3Event, exp: Expected, want_sp: int) -> list[tuple[s
 def finalize(ev: Int3Event) -> Int3Event:
     """Fill in verdict, reasons and expectation; returns the same event."""
     ev.verdict, ev.reasons, ev.expected = judge(ev)
-    if ev.late_read and (ev.verdict in FAIL_VERDICTS or ev.verdict == "MISSED"):
-        # Read after a report QEMU made late: the vCPU may have run on and reused the frame.
-        # What matches the expectation confirms it; what does not is not evidence.
-        ev.reasons = [f"not judged: pt_regs was read after a late watchpoint report and did not match "
-                      f"({ev.verdict}: {'; '.join(ev.reasons)})"]
-        ev.verdict = "INCOMPLETE"
     ev.reasons += ev.notes
     if ev.seen_at:
         ev.reasons.append(f"first seen at {ev.seen_at}: die(\"int3\") follows only a 0 from every int3 handler "

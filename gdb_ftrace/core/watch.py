@@ -99,8 +99,9 @@ def classify(p: Places, rip: int, rsp: int, opened: list, landing, ip_off: int =
     open int3 events (handler entered, return not seen; .handler_rsp, innermost last);
     landing: its emulated int3 waiting for the iretq, or None. Returns (kind, event):
       return       right after the handler's `ret` (%rsp just above the slot, a return site)
-      late-return  the handler (a leaf) has returned, the vCPU is still in the exit path
-      lost-return  ... and has left it: pt_regs may be gone
+      late-return  the handler (a leaf) has returned, the vCPU is still in the exit path on
+                   the exception frame (%rsp at or below regs->ip): pt_regs is as it left it
+      lost-return  ... and has left it (past the iretq): pt_regs may be gone
       before-iret  in the exit path, still on the exception frame (%rsp at or below
                    regs->ip): the frame the iretq will load is in place
       landed       past the iretq (out of the handler and the exit path, or in it again
@@ -111,7 +112,8 @@ def classify(p: Places, rip: int, rsp: int, opened: list, landing, ip_off: int =
         if is_handler_return(rip, rsp, ev.handler_rsp, p.returns):
             return "return", ev
         if not p.in_handler(rip):
-            return ("late-return" if p.in_exit_path(rip) else "lost-return"), ev
+            before_iret = p.in_exit_path(rip) and rsp <= (ev.regs_addr + ip_off) & MASK64
+            return ("late-return" if before_iret else "lost-return"), ev
     if landing is not None and not p.in_handler(rip):
         ipslot = (landing.regs_addr + ip_off) & MASK64
         if p.in_exit_path(rip) and rsp <= ipslot:

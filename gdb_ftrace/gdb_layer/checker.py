@@ -194,9 +194,11 @@ class Checker:
         return result
 
     def _late_return(self, cpu: int, ev) -> bool:
-        """The handler has returned but the stop came after its `ret`: pt_regs is still the
-        exception frame (the vCPU is in the exit path), so what it left there is read; its
-        return value is what every emulation path sets (1) when regs->ip moved, else 0."""
+        """The handler has returned but the stop came after its `ret`, in the exit path, the vCPU
+        still on the exception frame (core.watch.classify) and the frame above pt_regs still this
+        int3's: pt_regs is what the handler left (the exit path only reads it) and is judged as
+        at the return; the return value is what every emulation path sets (1) when regs->ip or
+        regs->sp moved, else 0 (said in the reasons)."""
         regs = self.kinfo.pt_regs
         after = decode_struct(regs, mem.read(ev.regs_addr, regs.size), 0, ("ip", "sp"))
         pushed = mem.try_read_u64(after["sp"]) if after["sp"] != ev.before["sp"] else None

@@ -29,6 +29,7 @@ PLACES = W.Places(
 class Ev:  # the fields of core.event.Int3Event the rules read
     handler_rsp: int
     seq: int = 1
+    regs_addr: int = 0
 
 
 def test_the_first_read_in_the_handler_is_an_entry():
@@ -38,16 +39,20 @@ def test_the_first_read_in_the_handler_is_an_entry():
 
 
 def test_a_return_is_the_ret_site_with_rsp_just_above_the_slot():
-    ev = Ev(0xFFFFCCFB000C3D38)
+    ev = Ev(0xFFFFCCFB000C3D38, regs_addr=0xFFFFCCFB000C3D58)
     assert W.classify(PLACES, 0xFFFFFFFF8EA908AE, 0xFFFFCCFB000C3D40, [ev], None) == ("return", ev)
     # Same place, another stack depth: a return of another call, not this one.
     assert W.classify(PLACES, 0xFFFFFFFF8EA908AE, 0xFFFFCCFB000C3D48, [ev], None)[0] == "late-return"
 
 
 def test_a_report_after_exc_int3_returned_is_a_late_return():
-    # Recorded: the handler's `ret` reported only after exc_int3's own ret (asm_exc_int3+57).
-    ev = Ev(0xFFFFCCFB00100CA8)
+    # Recorded: the handler's `ret` reported only after exc_int3's own ret (asm_exc_int3+57),
+    # %rsp at pt_regs: still on the exception frame, pt_regs as the handler left it.
+    ev = Ev(0xFFFFCCFB00100CA8, regs_addr=0xFFFFCCFB00100CC8)
     assert W.classify(PLACES, 0xFFFFFFFF8EC01279, 0xFFFFCCFB00100CC8, [ev], None) == ("late-return", ev)
+    # In the entry text again but above regs->ip: another exception after the iretq, whose
+    # frame may lie over this one's (a read there once found a heap pointer in regs->sp).
+    assert W.classify(PLACES, 0xFFFFFFFF8EC01279, 0xFFFFCCFB00100D50, [ev], None) == ("lost-return", ev)
 
 
 def test_a_report_far_away_means_the_return_was_lost():
