@@ -114,7 +114,7 @@ class Checker:
 
     def _watches(self) -> dict:
         """The read watchpoints the open events want: each open handler call's return slot,
-        each emulated int3's regs->ip until its iretq."""
+        each emulated int3's regs->cs until its landing is read."""
         t = self.tracker
         want = {ev.handler_rsp: self.on_watch for ev in t.open_events() if ev.handler_rsp is not None}
         if self.mode.follows_landing:
@@ -228,7 +228,7 @@ class Checker:
             self.watch_stats.late_landings += 1
             if self.injector:
                 self.injector.after_landing(ev)
-            return self._feed(T.LandingUnseenStop(cpu, "QEMU reported the watchpoint on regs->ip late, and the "
+            return self._feed(T.LandingUnseenStop(cpu, "QEMU reported the watchpoint on regs->cs late, and the "
                                                        "frame the iretq loaded is gone: not checked"))
         top = mem.try_read_u64(rsp)
         done = self.injector and self.injector.after_landing(ev)
@@ -339,7 +339,7 @@ class Checker:
         if not self.watch:
             return "breakpoints" + (f" (no watch engine here: {self.engine_note})" if self.engine_note else "")
         return (f"watch: a read watchpoint on {self.kinfo.watch_word()[0]}, then each int3's return slot "
-                "and regs->ip; no breakpoint in kernel text but oops_enter")
+                "and regs->cs; no breakpoint in kernel text but oops_enter")
 
     def close(self) -> None:
         """Undo injections, disarm, finish open events (INCOMPLETE), close the logs."""

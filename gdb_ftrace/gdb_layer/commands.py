@@ -233,7 +233,10 @@ class Arm(_Sub):
                   + (f"; int3 entry {k.int3_entry_name}" if args.mode.stops_at_int3_entry and not c.watch else "")
                   + (f"; events -> {args.json}" if args.json else "") + "\n")
         gdb.write(f"ftrace-int3: engine {c.describe_engine()}\n")
-        if args.mode.follows_landing or c.watch:
+        if c.watch:
+            gdb.write("ftrace-int3: resume with 'ftrace-int3 run' (not 'continue'): each int3's watchpoints "
+                      "come and go at real stops that it handles for you\n")
+        elif args.mode.follows_landing:
             gdb.write("ftrace-int3: resume with 'ftrace-int3 run' (not 'continue'): following a landing "
                       "needs real stops that it handles for you\n")
 
@@ -242,7 +245,7 @@ class Run(_Sub):
     name = "run"
     summary = "Resume the guest with the checker armed, through its own real stops, until Ctrl-C."
     epilog = ("Like 'continue', but when the checker stops for real to switch its breakpoints or\n"
-              "watchpoints (engine watch: each int3's return slot and regs->ip; engine breakpoints:\n"
+              "watchpoints (engine watch: each int3's return slot and regs->cs; engine breakpoints:\n"
               "the iretq of an emulated int3 in modes landing/full) it does so and resumes, printing\n"
               "nothing for those stops. On a terminal one status line\n"
               "(int3s, verdict counts, the last site) is redrawn in place. Returns when the guest\n"

@@ -395,7 +395,7 @@ class KernelInfo:
             ("iret", f"{IRET} at {self.iret:#x}" if self.iret else "not found (no landing checks)"),
             ("DWARF", "yes" if self.dwarf else NO_DWARF),
             ("engine", f"watch (default): a read watchpoint on {self.watch_word()[0]}, then each int3's "
-             "return slot and regs->ip; breakpoints: on the handler, its returns, the int3 entry, the iretq"
+             "return slot and regs->cs; breakpoints: on the handler, its returns, the int3 entry, the iretq"
              if not self.no_watch else f"breakpoints only: {self.no_watch}"),
         ]
 
