@@ -353,7 +353,8 @@ class Checker:
             self.log.meta(closed_at=time.time(), errors=self.errors, restored=restored,
                           engine=self.engine, watch=self.watch_stats.to_json() if self.watch else None,
                           stops={"hits": self.bps.hits, "real": self.bps.real_stops,
-                                 "callback_s": round(self.bps.callback_s, 3)},
+                                 "callback_s": round(self.bps.callback_s, 3),
+                                 "reads": mem.stats["reads"], "read_s": round(mem.stats["read_s"], 3)},
                           injected=self.injector.describe() if self.injector else None,
                           stats=self.tracker.stats.to_json())
             self.log.close()

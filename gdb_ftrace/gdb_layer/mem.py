@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import time
+
 import gdb
+
+# Guest reads so far and the time they took: each is one remote round trip (make bench's breakdown).
+stats = {"reads": 0, "read_s": 0.0}
 
 
 def read(addr: int, n: int) -> bytes:
     """n bytes at addr; raises gdb.MemoryError when unmapped."""
-    return bytes(gdb.selected_inferior().read_memory(addr, n))
+    t0 = time.perf_counter()
+    try:
+        return bytes(gdb.selected_inferior().read_memory(addr, n))
+    finally:
+        stats["reads"] += 1
+        stats["read_s"] += time.perf_counter() - t0
 
 
 def read_u64(addr: int) -> int:

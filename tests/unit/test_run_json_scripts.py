@@ -96,11 +96,13 @@ def test_bench_table_from_run_json_records():
 def test_bench_breakdown_per_stop_from_run_json():
     bench = load("bench-stops")
     results = {"attached": [{"wall_s": 16.0, "events": 0}],
-               "bare": [{"wall_s": 18.0, "events": 200}],
-               "full": [{"wall_s": 17.0, "events": 200, "stops": {"hits": 500, "real": 400, "callback_s": 0.25}}],
-               "full-bp": [{"wall_s": 22.0, "events": 200, "stops": {"hits": 1000, "real": 200, "callback_s": 0.5}}]}
+               "full": [{"wall_s": 17.0, "events": 200, "stops": {"hits": 500, "real": 400, "callback_s": 0.25,
+                                                                   "reads": 1000, "read_s": 0.1}}],
+               "full-bp": [{"wall_s": 22.0, "events": 200, "stops": {"hits": 1000, "real": 200, "callback_s": 0.5,
+                                                                      "reads": 2000, "read_s": 0.2}}]}
     text = bench.breakdown(results).splitlines()
     rows = {line.split()[0]: line.split() for line in text[3:]}
-    assert rows["bare"] == ["bare", "200", "0", "10.00", "0.00", "10.00"]  # 2 s / 200 hits
-    assert rows["full"] == ["full", "500", "400", "2.00", "0.50", "1.50"]  # 1 s / 500 stops, 0.25 s Python
-    assert rows["full-bp"] == ["full-bp", "1000", "200", "6.00", "0.50", "5.50"]
+    # full: 1 s over attached / 500 stops = 2 ms; 2 reads per stop, 0.2 ms; 0.5 - 0.2 = 0.3 ms
+    # more in stop(); 2 - 0.5 = 1.5 ms outside the checker.
+    assert rows["full"] == ["full", "500", "400", "2.00", "2.0", "0.20", "0.30", "1.50"]
+    assert rows["full-bp"] == ["full-bp", "1000", "200", "6.00", "2.0", "0.20", "0.30", "5.50"]
