@@ -102,7 +102,6 @@ class Int3Event:
     in_sample: bool = True  # entry frame / landing were wanted for it (False: past the per-batch sample)
     ftrace: dict[str, Any] | None = None  # v5.2-v5.5: the FtraceState the handler decided by
     notes: list[str] = dataclasses.field(default_factory=list)  # how the reader saw it (added to the reasons)
-    late_read: bool = False  # its return reported late (watch engine): return value inferred from pt_regs
     seen_at: str = ""  # "oops_enter": first seen when the kernel oopsed on it (watch engine, v6.0-v6.15)
     verdict: str = ""
     reasons: list[str] = dataclasses.field(default_factory=list)

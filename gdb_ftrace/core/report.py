@@ -19,7 +19,7 @@ from typing import Iterable
 from . import style
 from .event import DIE, KPROBE, NESTED, REPEAT, FollowUp, Int3Event
 from .insn import classify_bytes
-from .verdict import FAIL_VERDICTS, finalize, other_kind, verdict_class
+from .verdict import FAIL_VERDICTS, finalize, other_kind, top_known, verdict_class
 
 HEADERS = ("site", "what", "installing", "emulated", "target", "verdict", "count", "cpus")
 COL_VERDICT, COL_COUNT, COL_EMULATED = HEADERS.index("verdict"), HEADERS.index("count"), HEADERS.index("emulated")
@@ -149,8 +149,7 @@ def coverage(events: list[Int3Event]) -> str:
     landed = sum(1 for ev in emulated if ev.landing is not None)
     notes = collections.Counter(ev.landing_note for ev in emulated if ev.landing is None and ev.landing_note)
     sampled_out = sum(1 for ev in evs if not ev.in_sample)
-    late = sum(1 for ev in emulated if ev.landing and str(ev.landing.get("from", "")).startswith(
-        "iret frame, read after a late report"))
+    late = sum(1 for ev in emulated if ev.landing and not top_known(ev.landing))
     line = (f"checked: CPU frame from the int3 entry for {entry}/{len(kernel)} kernel int3s "
             f"(others: the words above pt_regs); landing after iret for {landed}/{len(emulated)} emulations")
     if late:

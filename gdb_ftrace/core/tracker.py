@@ -35,7 +35,7 @@ from .event import DIE, KPROBE, NESTED, REPEAT, FollowUp, Injection, Int3Event
 from .insn import MASK64, RET, find_loc
 from .layout import PT_REGS_X86_64
 from .mode import CheckMode
-from .verdict import IRET_FRAME, finalize
+from .verdict import IRET_FRAME, LATE_FRAME, finalize
 
 PT_REGS_IP = PT_REGS_X86_64.fields["ip"].offset
 REGS_AT_ENTRY = ("ip", "sp", "flags", "cs", "ss", "orig_ax")  # the pt_regs fields a handler entry reads
@@ -83,7 +83,6 @@ class HandlerReturnStop:
     pushed: int | None = None  # [regs->sp] when sp moved
     injected: tuple[Injection, ...] = ()
     note: str = ""  # how it was seen, when not right after the `ret` (the watch engine's late report)
-    late: bool = False  # reported after the `ret`, in the exit path: %rax unknown, the return value inferred
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,10 +271,6 @@ class Tracker:
     def open_events(self) -> list[Int3Event]:
         return [ev for stack in self._open.values() for ev in stack]
 
-    def landings_pending(self) -> int:
-        """Emulated int3s waiting for their iretq."""
-        return len(self._landing)
-
     def landing_events(self) -> dict[int, Int3Event]:
         """vCPU -> the emulated int3 waiting for its iretq there."""
         return dict(self._landing)
@@ -370,7 +365,6 @@ class Tracker:
         ev.injected += s.injected
         if s.note:
             ev.notes.append(s.note)
-        ev.late_read = s.late
         ev.after = dict(s.after) if s.after is not None else None
         ev.pushed = s.pushed
         cpu = ev.cpu
@@ -410,7 +404,7 @@ class Tracker:
             del self._landing[s.cpu]
             ev.landing = {"ip": frame["ip"], "sp": frame["sp"], "top": s.top,
                           "from": "registers after iretq" if s.after_iret else
-                          "iret frame, read after a late report ([rsp] not known)" if s.late else "iret frame"}
+                          LATE_FRAME if s.late else "iret frame"}
             ev.injected += s.injected
             self._complete(ev)
             return False

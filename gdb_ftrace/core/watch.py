@@ -23,8 +23,9 @@ breakpoint in kernel text while the kernel patches correctly:
 QEMU's x86 watchpoints stop after the accessing instruction. gdb changes
 breakpoints only at a real stop, so a stop that needs a watchpoint in or out is
 one (no cache flush either). A kernel int3 nobody handles ends in die("int3"):
-kprobe's return and oops_enter are the only breakpoints, and oops_enter is the
-only one always in (its page is cold, docs/cost.md).
+oops_enter is a read watchpoint on sysctl_oops_all_cpu_backtrace (a breakpoint
+where that variable is missing), and kprobe's return is a breakpoint put in
+only while an int3 whose handler returned 0 waits for it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from .insn import MASK64
 
 ENGINES = ("watch", "breakpoints")
 DEFAULT = "watch"
-FRAME_WORDS = 5  # ip, cs, flags, sp, ss: what iretq pops
 
 
 @dataclasses.dataclass
@@ -48,7 +48,7 @@ class WatchStats:
     returns: int = 0  # handler returns reported right after its `ret`
     late_returns: int = 0  # reported in the exit path: pt_regs read there, return value inferred
     lost_returns: int = 0  # never reported: the event ends INCOMPLETE
-    regs_ip_stops: int = 0  # stops for an emulated int3's landing (its regs->cs read)
+    landing_stops: int = 0  # stops for an emulated int3's landing (its regs->cs read)
     landings_before_iret: int = 0  # of those, in the exit path: the frame the iretq loads
     late_landings_from_frame: int = 0  # reported late, rip and rsp from the frame still in memory
     late_landings: int = 0  # reported late, the frame gone: landing not checked

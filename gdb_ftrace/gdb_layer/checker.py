@@ -20,8 +20,9 @@ import time
 import gdb
 
 from ..core import report
-from ..core import watch as W
 from ..core import tracker as T
+from ..core import watch as W
+from ..core.errors import UserError
 from ..core.eventlog import EventLog, JsonLines
 from ..core.insn import MASK64
 from ..core.layout import GAP_WORDS, decode_struct, u64s
@@ -31,7 +32,6 @@ from . import kernel, mem, symbols
 from .breakpoints import BreakpointSet
 from .inject import Injector
 from .mem import reg, vcpu_index
-from ..core.errors import UserError
 
 
 OOPS_WORD = "sysctl_oops_all_cpu_backtrace"  # read by oops_enter() (v5.8+) and its sysctl only
@@ -199,14 +199,11 @@ class Checker:
         int3's: pt_regs is what the handler left (the exit path only reads it) and is judged as
         at the return; the return value is what every emulation path sets (1) when regs->ip or
         regs->sp moved, else 0 (said in the reasons)."""
-        regs = self.kinfo.pt_regs
-        after = decode_struct(regs, mem.read(ev.regs_addr, regs.size), 0, ("ip", "sp"))
-        pushed = mem.try_read_u64(after["sp"]) if after["sp"] != ev.before["sp"] else None
+        after, pushed = self._read_after(ev)
         rax = W.inferred_return(ev.before, after)
         note = ("the watchpoint on its return address was reported late: pt_regs read in the exit path, "
                 f"return value {rax} inferred from regs->ip")
-        return self._feed(T.HandlerReturnStop(cpu, (ev.handler_rsp + 8) & MASK64, rax, after, pushed, note=note,
-                                              late=True))
+        return self._feed(T.HandlerReturnStop(cpu, (ev.handler_rsp + 8) & MASK64, rax, after, pushed, note=note))
 
     def _landed(self, cpu: int, ev, rip: int, rsp: int) -> bool:
         """Past the iretq (the vCPU has left the exit path). When the report came right after
@@ -215,10 +212,8 @@ class Checker:
         the frame in memory is what the iretq loaded if it is still what the handler left in
         pt_regs (core.watch.frame_kept): rip and rsp from it, [rsp] not judged (the vCPU may
         have popped it); otherwise the landing is noted as not seen."""
-        self.watch_stats.regs_ip_stops += 1
-        ipslot = (ev.regs_addr + self._ip_off) & MASK64
-        words = tuple(u64s(mem.read(ipslot, self.kinfo.pt_regs.size - self._ip_off + 8 * len(GAP_WORDS))))
-        frame, gap = words[:len(IRET_FRAME)], words[-len(GAP_WORDS):]
+        self.watch_stats.landing_stops += 1
+        ipslot, frame, gap = self._frame_and_gap(ev)
         same = W.same_int3(ev.gap, gap)
         if same and not W.exact_landing(rip, rsp, frame) and W.frame_kept(frame, ev.after):
             self.watch_stats.late_landings_from_frame += 1
@@ -239,10 +234,8 @@ class Checker:
         """In the exit path, before the iretq: the frame in pt_regs is what it will load (POP_REGS
         and the iretq write none of it) and the word at its sp what the vCPU will find at [rsp]:
         the landing, as the breakpoint engine reads it at the iretq."""
-        self.watch_stats.regs_ip_stops += 1
-        ipslot = (ev.regs_addr + self._ip_off) & MASK64
-        words = tuple(u64s(mem.read(ipslot, self.kinfo.pt_regs.size - self._ip_off + 8 * len(GAP_WORDS))))
-        frame, gap = words[:len(IRET_FRAME)], words[-len(GAP_WORDS):]
+        self.watch_stats.landing_stops += 1
+        ipslot, frame, gap = self._frame_and_gap(ev)
         if not W.same_int3(ev.gap, gap):
             self.watch_stats.late_landings += 1
             return self._feed(T.LandingUnseenStop(cpu, "the frame above its pt_regs is another int3's when the "
@@ -251,6 +244,12 @@ class Checker:
         top = mem.try_read_u64(frame[IRET_FRAME.index("sp")])
         done = self.injector and self.injector.after_landing(ev)
         return self._feed(T.IretStop(cpu, ipslot, frame, top, (done,) if done else ()))
+
+    def _frame_and_gap(self, ev) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """One read from ev's regs->ip up: (its address, the iret frame in pt_regs, the gap above)."""
+        ipslot = (ev.regs_addr + self._ip_off) & MASK64
+        words = tuple(u64s(mem.read(ipslot, self.kinfo.pt_regs.size - self._ip_off + 8 * len(GAP_WORDS))))
+        return ipslot, words[:len(IRET_FRAME)], words[-len(GAP_WORDS):]
 
     def stray_trap(self) -> bool:
         """A SIGTRAP gdb matched to no breakpoint of its own (a hit QEMU reported under an
@@ -274,8 +273,9 @@ class Checker:
             regs = self._die_int3_regs()
             if regs is not None:
                 self.watch_stats.oops_int3s += 1
-                self._feed(self._read_handler_entry(self.kinfo.handler_name, regs, seen_at="oops_enter"))
-                after = decode_struct(self.kinfo.pt_regs, mem.read(regs, self.kinfo.pt_regs.size), 0, ("ip", "sp"))
+                entry = self._read_handler_entry(self.kinfo.handler_name, regs, seen_at="oops_enter")
+                self._feed(entry)
+                after = {"ip": entry.regs["ip"], "sp": entry.regs["sp"]}  # a handler returning 0 changed nothing
                 self._feed(T.HandlerReturnStop(cpu, 0, 0, after))
                 if self.kinfo.followups:
                     self._feed(T.KprobeReturnStop(cpu, 0, after["ip"]))
@@ -402,9 +402,14 @@ class Checker:
             return self._feed(T.HandlerReturnStop(cpu, rsp, rax))
         done = self.injector and self.injector.at_return(
             ev, T.handler_return_value(rax), regs.fields["ip"].offset, regs.fields["sp"].offset)
-        after = decode_struct(regs, mem.read(ev.regs_addr, regs.size), 0, ("ip", "sp"))
-        pushed = mem.try_read_u64(after["sp"]) if after["sp"] != ev.before["sp"] else None
+        after, pushed = self._read_after(ev)
         return self._feed(T.HandlerReturnStop(cpu, rsp, rax, after, pushed, (done,) if done else ()))
+
+    def _read_after(self, ev) -> tuple[dict[str, int], int | None]:
+        """What the handler left in ev's pt_regs (ip, sp), and the word at sp when sp moved."""
+        regs = self.kinfo.pt_regs
+        after = decode_struct(regs, mem.read(ev.regs_addr, regs.size), 0, ("ip", "sp"))
+        return after, mem.try_read_u64(after["sp"]) if after["sp"] != ev.before["sp"] else None
 
     def on_iret(self) -> bool:
         """Our iretq: the frame it loads is the landing (no stepi stop); other frames: nothing read."""
@@ -424,6 +429,7 @@ class Checker:
         return self._feed(T.KprobeReturnStop(cpu, reg("rax"), ip))
 
     def _finished(self, ev) -> None:
+        self._entry_rip.pop(ev.seq, None)
         symbols.name_event(ev)
         if self.log:
             self.log.event(ev)

@@ -194,7 +194,8 @@ class Arm(_Sub):
     summary = "Start checking every int3 the kernel's text-patch handler takes."
     epilog = ("Sets internal breakpoints; every entry into the handler becomes one event with one\n"
               "verdict. Re-arming starts a new event list. With modes landing and full, resume with\n"
-              "'ftrace-int3 run' (it handles the checker's own real stops); with handler, 'continue' works too.\n\n"
+              "'ftrace-int3 run' (it handles the checker's own real stops), and with the watch engine\n"
+              "(the default) in every mode; only handler with --engine breakpoints works with 'continue'.\n\n"
               + MODES_EPILOG)
     example = "ftrace-int3 arm --mode handler --json /tmp/ftrace-int3.jsonl"
     command_class = gdb.COMMAND_BREAKPOINTS

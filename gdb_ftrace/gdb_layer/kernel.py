@@ -168,7 +168,6 @@ class KernelInfo:
         # idle loop's) and nmi_handle: a breakpoint there slowed an idle guest by ~25 %.
         self.die_name = next((n for n in DIE_STOPS if symbol_address(n) is not None), None)
         self.die = symbol_address(self.die_name) if self.die_name else None
-        self.text_mutex = symbol_address("text_mutex")
         if self.ftrace_handler is not None:
             names = ("modifying_ftrace_code", "ftrace_update_func", "ftrace_update_func_call", "ftrace_regs_caller")
             missing = [n for n in names if symbol_address(n) is None]
@@ -249,14 +248,9 @@ class KernelInfo:
     def handler_range(self) -> tuple[int, int]:
         """[start, end) of the text-patch handler's code (its DWARF block, else the
         disassembly's last instruction)."""
-        try:
-            fn = gdb.block_for_pc(self.handler)
-            while fn is not None and fn.function is None:
-                fn = fn.superblock
-            if fn is not None and fn.start == self.handler:
-                return fn.start, fn.end
-        except RuntimeError:
-            pass
+        fn = self._function_range(self.handler)
+        if fn is not None and fn[0] == self.handler:
+            return fn
         code = self.disassemble(self.handler_name)
         return self.handler, code[-1][0] + code[-1][1]
 

@@ -21,6 +21,7 @@ import gdb
 
 from ..core.errors import UserError
 from ..core.mode import CheckMode
+from ..core.watch import DEFAULT as _DEFAULT_ENGINE
 from . import checker, kernel, slide
 
 
@@ -153,7 +154,7 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
     """Continue the guest until it exits or stops for a reason that is not ours.
 
     The checker's real stops are where its breakpoints or watchpoints must be switched
-    (the iretq of an emulated int3; the watch engine's return-slot and regs->ip
+    (the iretq of an emulated int3; the watch engine's return-slot and regs->cs
     watchpoints): sync them and continue. A SIGINT ends the loop wherever it lands: during a
     continue or inside a breakpoint's callback. Returns why the loop ended.
     """
@@ -202,7 +203,7 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
 def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,
         sample: int = 0, inject: str | None = None, stops_path: str | None = None, bare: bool = False,
         wait_kernel: bool = False, duration: float | None = None, detach: bool = False,
-        stop_file: str | None = None, engine: str = "watch") -> None:
+        stop_file: str | None = None, engine: str = _DEFAULT_ENGINE) -> None:
     """arm=False only attaches (no breakpoint), bare=True adds one Python breakpoint on the
     handler that does nothing: the baselines of scripts/bench-stops. wait_kernel: the
     guest is held at reset and boots with KASLR: run it until its kernel is up, then
