@@ -94,8 +94,9 @@ class Int3Event:
     handler_rsp: int | None = None  # %rsp at the handler's first instruction (pairs the return)
     hw_frame: dict[str, int] | None = None  # the frame the CPU pushed: addr, ip, cs, flags, sp, ss
     hw_source: str = ""  # "entry": read at the int3 entry stop; "gap": the words above pt_regs
-    landing: dict[str, int] | None = None  # first instruction after iret: ip, sp, top ([sp])
+    landing: dict[str, Any] | None = None  # after iret: ip, sp, top ([sp]), top_known, source (core.tracker)
     landing_note: str = ""  # why there is no landing (not followed, run ended, ...)
+    lost_return: str = ""  # why the handler's return was never seen (core.watch.LOST_*): INCOMPLETE
     cpu_refs: int | None = None  # v6.16+: this CPU's text_poke_array_refs at handler entry
     injected: list[Injection] = dataclasses.field(default_factory=list)
     depth: int = 1  # int3s in flight on this vCPU counting this one (>1: taken inside the int3 path)

@@ -6,8 +6,13 @@ Event log (`arm --json FILE`; read back by report.load_events):
   {"record": "handler_entry", ...}   an Int3Event at its handler entry (its return not seen yet)
   {"record": "event", ...}           a finished, judged Int3Event
   {"record": "followup", "seq": N, "kind": ..., ...}   a follow-up added after the event
-Stop stream (`arm --stops FILE`; replayed by core.tracker in the unit tests):
-  {"stop": "handler_entry", ...}     one tracker stop record per line (tracker.stop_to_json)
+  {"record": "armed", "handlers": [...], "engine": ..., "mode": ...}   the checker is in the guest
+  {"record": "error", "message": ...}   why the check could not start or go on (gdb's side)
+Stop stream (`arm --stops FILE`; replayed by core.engine.replay in the unit tests):
+  {"stream": "raw", "facts": ..., "mode": ..., "engine": ...}   the first line (engine.header)
+  {"at": POINT, "n": N, "calls": [[method, args, answer], ...], "wants": [...]}   one per stop:
+      which point fired, every question the engine asked the guest and its answer, and the
+      points it wanted after it (only when they changed)
 """
 
 from __future__ import annotations
@@ -45,3 +50,9 @@ class EventLog(JsonLines):
 
     def followup(self, ev: Int3Event, fu: FollowUp) -> None:
         self.write({"record": "followup", "seq": ev.seq, **fu.to_json()})
+
+    def armed(self, **values: Any) -> None:
+        self.write({"record": "armed", **values})
+
+    def error(self, message: str) -> None:
+        self.write({"record": "error", "message": message})

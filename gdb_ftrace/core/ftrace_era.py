@@ -1,9 +1,7 @@
 """v5.2 - v5.5: ftrace's own int3 handler, pure.
 
-Reached only by the unit tests until the live reader for this era lands
-(issue 8): gdb_layer/kernel.py refuses such a kernel today. Verdict rules
-(verdict._judge_ftrace_era) and the tracker's HandlerEntryStop.ftrace are
-ready for it.
+The engines read its state (core.facts.KernelFacts.read_decision) when the
+handler is entered; verdict._judge_ftrace_era judges by it.
 
 Before v5.6 ftrace patched its call sites itself and do_int3() asked
 `ftrace_int3_handler()` (arch/x86/kernel/ftrace.c) first, while

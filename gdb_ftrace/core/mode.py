@@ -1,13 +1,12 @@
-"""What the checker stops at: the one home of the check modes.
+"""The check modes: what the checker follows for each int3 the kernel takes.
 
-Every gdb stop costs the guest time (see docs/cost.md), so a mode is the
-set of places the checker stops at for each int3 the kernel takes:
+  handler  the handler's entry and its return: the emulation in pt_regs
+  landing  + each emulated int3's landing: where its iretq sends the vCPU
+  full     + the CPU's own frame read at the int3 entry, before the entry code
+             copies it (breakpoint engine; the watch engine has no stop there)
 
-  handler  the handler's first instruction and its return into the caller
-  landing  + the iretq of each emulated int3: the frame it loads is where
-             the vCPU lands (no stepi: every stop costs, docs/cost.md)
-  full     + the int3 entry (asm_exc_int3 / int3), where the CPU's frame is
-             read before the entry code copies it
+Where each mode stops depends on the engine too: core.engine.stops(mode, engine)
+is the one home of that (docs/cost.md: every stop costs the guest time).
 """
 
 from __future__ import annotations
@@ -31,11 +30,6 @@ class CheckMode(enum.Enum):
         return self is not CheckMode.HANDLER
 
     @property
-    def stops_per_int3(self) -> int:
-        """gdb stops per emulated int3: handler entry + return, + iretq, + int3 entry."""
-        return 2 + self.follows_landing + self.stops_at_int3_entry
-
-    @property
     def help(self) -> str:
         return _HELP[self]
 
@@ -54,15 +48,10 @@ _HELP = {
     CheckMode.HANDLER: "the handler's entry and return; the CPU's frame from the words the gap "
                        "leaves above pt_regs",
     CheckMode.LANDING: "+ follow each emulated int3 past its iretq: where it lands, rsp and [rsp]",
-    CheckMode.FULL: "+ the int3 entry, where the CPU's frame is read before the entry code copies it "
-                    "(engine breakpoints; the watch engine reads it above pt_regs, as landing does)",
+    CheckMode.FULL: "+ the CPU's frame read at the int3 entry, before the entry code copies it (engine "
+                    "breakpoints; with the watch engine full is landing: the frame is read above pt_regs)",
 }
 
 NAMES = tuple(m.value for m in CheckMode)
 DEFAULT = CheckMode.FULL
 
-
-def describe_all() -> str:
-    """One line per mode: name, stops per int3, what it adds."""
-    return "\n".join(f"{m.value:<8} {m.stops_per_int3} stops/int3: {m.help}"
-                     + (" (default)" if m is DEFAULT else "") for m in CheckMode)

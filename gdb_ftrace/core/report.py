@@ -141,19 +141,29 @@ def explanations(events: Iterable[Int3Event], per_verdict: int = 5) -> list[str]
 
 
 def coverage(events: list[Int3Event]) -> str:
-    """What was checked beyond the handler: CPU frames from the entry stop, landings."""
+    """What was checked beyond the handler: where each kernel int3's CPU frame was read
+    (at the int3 entry, or the words the gap leaves above pt_regs), landings, returns not seen."""
     evs = list(events)
     kernel = [ev for ev in evs if not ev.before.get("cs", 0) & 3]
     entry = sum(1 for ev in kernel if ev.hw_source == "entry")
+    if entry == len(kernel):
+        frames = f"CPU frame from the int3 entry for {entry}/{len(kernel)} kernel int3s"
+    elif entry == 0:
+        frames = f"CPU frame from the words above pt_regs for {len(kernel)}/{len(kernel)} kernel int3s"
+    else:
+        frames = (f"CPU frame from the int3 entry for {entry}, from the words above pt_regs for "
+                  f"{len(kernel) - entry}, of {len(kernel)} kernel int3s")
     emulated = [ev for ev in evs if ev.ret and ev.expected is not None and ev.expected.emulate]
     landed = sum(1 for ev in emulated if ev.landing is not None)
     notes = collections.Counter(ev.landing_note for ev in emulated if ev.landing is None and ev.landing_note)
     sampled_out = sum(1 for ev in evs if not ev.in_sample)
     late = sum(1 for ev in emulated if ev.landing and not top_known(ev.landing))
-    line = (f"checked: CPU frame from the int3 entry for {entry}/{len(kernel)} kernel int3s "
-            f"(others: the words above pt_regs); landing after iret for {landed}/{len(emulated)} emulations")
+    lost = sum(1 for ev in evs if ev.lost_return)
+    line = f"checked: {frames}; landing after iret for {landed}/{len(emulated)} emulations"
     if late:
         line += f" ({late} of them reported late: rip and rsp from the frame the iretq loaded, not [rsp])"
+    if lost:
+        line += f"; {lost} handler return(s) never reported (INCOMPLETE, not judged)"
     if sampled_out:
         line += f"; {sampled_out} int3s past the per-batch sample got the handler checks only"
     for note, n in notes.most_common(3):
@@ -346,6 +356,10 @@ def load_events(path: str) -> tuple[list[Int3Event], dict]:
                 opened[ev.seq] = ev
             elif kind == "meta":
                 meta.update(rec)
+            elif kind == "armed":
+                meta["armed"] = rec
+            elif kind == "error":
+                meta.setdefault("gdb_errors", []).append(rec["message"])
     # Handler entries whose return was never recorded (gdb or the guest died).
     for ev in opened.values():
         events.append(finalize(ev))

@@ -17,6 +17,11 @@ from .verdict import verdict_class
 Disasm = Callable[[bytes, int], list[tuple[int, str, str]]]
 
 
+# Int3Event.landing["source"] (core.tracker.SRC_*) in words.
+LANDING_SOURCE_WORDS = {"iret-frame": "the frame the iretq loads", "registers": "the vCPU's registers after the iretq",
+                        "late-frame": "the frame in memory, reported late"}
+
+
 def _asm_lines(rows, highlight: Callable[[str], str] | None, indent: str = "    ") -> list[str]:
     return [f"{indent}{addr:#x}:  {hexb:<24} {highlight(text) if highlight else text}" for addr, hexb, text in rows]
 
@@ -61,7 +66,9 @@ def render(ev: Int3Event, row: int | None, disasm: Disasm, highlight: Callable[[
                    f"flags {_hx(hw.get('flags'))} sp {_hx(hw.get('sp'))} ss {_hx(hw.get('ss'))}")
     if ev.landing:
         ld = ev.landing
-        out.append(f"landing after iret: ip {_hx(ld.get('ip'))}  sp {_hx(ld.get('sp'))}  [sp] {_hx(ld.get('top'))}")
+        src = LANDING_SOURCE_WORDS.get(ld.get("source"), "")
+        out.append(f"landing after iret: ip {_hx(ld.get('ip'))}  sp {_hx(ld.get('sp'))}  [sp] "
+                   + (_hx(ld.get("top")) if ld.get("top_known", True) else "not known") + (f"  ({src})" if src else ""))
     elif ev.landing_note:
         out.append(f"landing: not seen ({ev.landing_note})")
     for fu in ev.followups:

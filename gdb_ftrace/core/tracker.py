@@ -1,11 +1,10 @@
 """The checker's state machine, pure: typed stop records in, finished Int3Events out.
 
-The gdb layer (gdb_layer/checker.py) turns each gdb stop into one record
-below and feeds it to a Tracker; a recorded stream of records (written with
-`ftrace-int3 arm --stops FILE`) replays through the same Tracker in the unit
-tests. The Tracker never reads the guest: where the reader needs to know
-which open event a stop belongs to (to read its pt_regs), it asks a query
-method, which changes nothing.
+An engine (core/engine.py) turns each stop of the guest into one record
+below and feeds it to a Tracker; a recorded stop stream replays through the
+same engine and Tracker in the unit tests. The Tracker never reads the guest:
+where an engine needs to know which open event a stop belongs to (to read its
+pt_regs), it asks a query method, which changes nothing.
 
 Per vCPU it keeps:
   frames      the CPU frames read at the int3 entry, not yet claimed by a handler entry
@@ -35,10 +34,13 @@ from .event import DIE, KPROBE, NESTED, REPEAT, FollowUp, Injection, Int3Event
 from .insn import MASK64, RET, find_loc
 from .layout import PT_REGS_X86_64
 from .mode import CheckMode
-from .verdict import IRET_FRAME, LATE_FRAME, finalize
+from .verdict import IRET_FRAME, finalize
 
 PT_REGS_IP = PT_REGS_X86_64.fields["ip"].offset
 REGS_AT_ENTRY = ("ip", "sp", "flags", "cs", "ss", "orig_ax")  # the pt_regs fields a handler entry reads
+# Where a landing was read (Int3Event.landing["source"], for the report): the frame the iretq
+# loads, the vCPU's registers right after it, the frame still in memory after a late report.
+SRC_IRET_FRAME, SRC_REGISTERS, SRC_FRAME_AFTER_LATE_REPORT = "iret-frame", "registers", "late-frame"
 
 
 # -- stop records -------------------------------------------------------------
@@ -87,42 +89,28 @@ class HandlerReturnStop:
 
 @dataclasses.dataclass(frozen=True)
 class IretStop:
-    """native_irq_return_iret: an iretq back to kernel mode. `frame` is what the iretq
-    will load (the words at %rsp, IRET_FRAME order) and `top` the word at that frame's
-    sp: where and on what stack the vCPU lands, without a stepi stop (each gdb stop
-    costs QEMU 7.2 a translation-cache flush; docs/cost.md). Recordings made before
-    the frame was read have neither: their next stop is the LandingStop of a stepi."""
+    """The landing of this vCPU's emulated int3: `rsp` the address of the frame (its
+    regs->ip), `frame` what the iretq loads (IRET_FRAME order) and `top` the word at that
+    frame's sp: where and on what stack the vCPU lands. No frame: an iretq of another
+    frame (the breakpoint engine stops at every iretq while one is awaited)."""
 
     cpu: int
     rsp: int
     frame: tuple[int, ...] | None = None
     top: int | None = None
     injected: tuple[Injection, ...] = ()
-    after_iret: bool = False  # the watch engine: `frame` is the vCPU's registers after the iretq
-    late: bool = False  # the watch engine, a late report: `frame` read from memory, [rsp] not known
-
-
-@dataclasses.dataclass(frozen=True)
-class LandingStop:
-    """After one stepi over our iretq: where the vCPU arrived (in recordings made before
-    the landing was read from the iretq's frame; the checker no longer steps)."""
-
-    cpu: int
-    ip: int | None = None
-    sp: int | None = None
-    top: int | None = None  # [sp]
-    error: str = ""  # the step failed
-    injected: tuple[Injection, ...] = ()
+    source: str = SRC_IRET_FRAME  # one of the SRC_* above
+    top_known: bool = True  # False: [rsp] could not be read where the vCPU landed (top is None)
 
 
 @dataclasses.dataclass(frozen=True)
 class LostStop:
     """The watch engine: the open event whose handler ran with this %rsp will not see its
-    return (QEMU never reported it and its pt_regs are gone): finished INCOMPLETE."""
+    return: finished INCOMPLETE, `reason` in Int3Event.lost_return (core.watch.LOST_*)."""
 
     cpu: int
     rsp: int
-    why: str
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,11 +137,11 @@ class DieStop:
     cpu: int
 
 
-Stop = Union[Int3EntryStop, HandlerEntryStop, HandlerReturnStop, IretStop, LandingStop,
+Stop = Union[Int3EntryStop, HandlerEntryStop, HandlerReturnStop, IretStop,
              KprobeReturnStop, DieStop, LostStop, LandingUnseenStop]
 STOP_KINDS: dict[str, type] = {
     "int3_entry": Int3EntryStop, "handler_entry": HandlerEntryStop, "handler_return": HandlerReturnStop,
-    "iret": IretStop, "landing": LandingStop, "kprobe_return": KprobeReturnStop, "die": DieStop,
+    "iret": IretStop, "kprobe_return": KprobeReturnStop, "die": DieStop,
     "lost": LostStop, "landing_unseen": LandingUnseenStop}
 _KIND_OF = {cls: kind for kind, cls in STOP_KINDS.items()}
 
@@ -226,6 +214,7 @@ class Tracker:
       on_open(ev)           a handler entry was taken (before its return is seen)
       on_followup(ev, fu)   a follow-up was added to an event
       on_event(ev)          an event is finished and judged (name it here: site_sym, ...)
+    and on_finish, a list of more callables for finished events (the engines' own state).
     """
 
     def __init__(self, mode: CheckMode, sample: int = 0, handler: str = "",
@@ -240,6 +229,7 @@ class Tracker:
         self.on_open = on_open
         self.on_followup = on_followup
         self.on_event = on_event
+        self.on_finish: list[Callable[[Int3Event], None]] = []
         self.events: list[Int3Event] = []
         self.stats = TrackerStats()
         self._seq = 0
@@ -251,9 +241,6 @@ class Tracker:
         self._repeat_count = 0
         self._batch_key: tuple | None = None
         self._batch_sampled = 0  # int3s of the current batch that got the full checks
-        # Stopped at its iretq with no frame read (recordings from before the frame was): the
-        # landing is the LandingStop that follows in the stream.
-        self.step_pending: Int3Event | None = None
 
     # -- queries (change nothing) -----------------------------------------
     def is_duplicate_handler_entry(self, cpu: int, rsp: int, regs_addr: int) -> bool:
@@ -271,6 +258,11 @@ class Tracker:
     def open_events(self) -> list[Int3Event]:
         return [ev for stack in self._open.values() for ev in stack]
 
+    def innermost_open(self, cpu: int) -> Int3Event | None:
+        """The latest handler entry still open on this vCPU."""
+        stack = self._open.get(cpu)
+        return stack[-1] if stack else None
+
     def landing_events(self) -> dict[int, Int3Event]:
         """vCPU -> the emulated int3 waiting for its iretq there."""
         return dict(self._landing)
@@ -286,11 +278,9 @@ class Tracker:
         return self.mode.stops_at_int3_entry and (self.sample == 0 or self._batch_sampled < self.sample)
 
     # -- feeding --------------------------------------------------------------
-    def feed(self, stop: Stop) -> bool:
-        """Take one stop. True only for an IretStop that is ours and carries no frame (a
-        recording from before the frame was read): a LandingStop must follow."""
-        handler = self._HANDLERS[type(stop)]
-        return bool(handler(self, stop))
+    def feed(self, stop: Stop) -> None:
+        """Take one stop record."""
+        self._HANDLERS[type(stop)](self, stop)
 
     def replay(self, stops: Iterable[Stop]) -> "Tracker":
         for s in stops:
@@ -392,35 +382,17 @@ class Tracker:
         ev = self._landing.get(cpu)
         return ev if ev is not None and rsp == (ev.regs_addr + PT_REGS_IP) & MASK64 else None
 
-    def _iret(self, s: IretStop) -> bool:
+    def _iret(self, s: IretStop) -> None:
         if s.cpu not in self._landing:
             self.stats.foreign_irets += 1
-            return False
-        ev = self.iret_is_ours(s.cpu, s.rsp)
-        if ev is None:
-            return False  # an iretq of another frame (an interrupt's) on this vCPU
-        if s.frame is not None:  # what iretq loads: rip and rsp from the frame, [rsp] read there
-            frame = dict(zip(IRET_FRAME, s.frame))
-            del self._landing[s.cpu]
-            ev.landing = {"ip": frame["ip"], "sp": frame["sp"], "top": s.top,
-                          "from": "registers after iretq" if s.after_iret else
-                          LATE_FRAME if s.late else "iret frame"}
-            ev.injected += s.injected
-            self._complete(ev)
-            return False
-        self.step_pending = ev
-        return True
-
-    def _landed(self, s: LandingStop) -> None:
-        ev = self._landing.pop(s.cpu, None)
-        if self.step_pending is ev:
-            self.step_pending = None
-        if ev is None:
             return
-        if s.error:
-            ev.landing_note = f"could not step over the iretq: {s.error}"
-        else:
-            ev.landing = {"ip": s.ip, "sp": s.sp, "top": s.top}
+        ev = self.iret_is_ours(s.cpu, s.rsp)
+        if ev is None or s.frame is None:
+            return  # an iretq of another frame (an interrupt's) on this vCPU
+        frame = dict(zip(IRET_FRAME, s.frame))  # what the iretq loads: rip and rsp; [rsp] read there
+        del self._landing[s.cpu]
+        ev.landing = {"ip": frame["ip"], "sp": frame["sp"], "top": s.top,
+                      "top_known": s.top_known, "source": s.source}
         ev.injected += s.injected
         self._complete(ev)
 
@@ -453,12 +425,12 @@ class Tracker:
         ev = next((e for e in stack if e.handler_rsp == s.rsp), None)
         if ev is not None:
             stack.remove(ev)
-            ev.landing_note = s.why
+            ev.lost_return = s.reason
             self._complete(ev)
 
     _HANDLERS: dict[type, Callable] = {
         Int3EntryStop: _int3_entry, HandlerEntryStop: _handler_entry, HandlerReturnStop: _handler_return,
-        IretStop: _iret, LandingStop: _landed, KprobeReturnStop: _kprobe_return, DieStop: _die,
+        IretStop: _iret, KprobeReturnStop: _kprobe_return, DieStop: _die,
         LostStop: _lost, LandingUnseenStop: _landing_unseen}
 
     # -- ending ---------------------------------------------------------------
@@ -469,7 +441,6 @@ class Tracker:
             ev.landing_note = "the run ended before this vCPU returned from the int3"
             self._complete(ev)
         self._landing.clear()
-        self.step_pending = None
         for stack in self._open.values():
             for ev in stack:
                 self._complete(ev)
@@ -482,6 +453,8 @@ class Tracker:
 
     def _complete(self, ev: Int3Event) -> None:
         finalize(ev)
+        for fn in self.on_finish:
+            fn(ev)
         if self.on_event:
             self.on_event(ev)
         self.events.append(ev)

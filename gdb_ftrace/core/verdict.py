@@ -62,6 +62,8 @@ def judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
 
 def _judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
     if ev.ret is None:
+        if ev.lost_return:
+            return "INCOMPLETE", [LOST_RETURN_WORDS.get(ev.lost_return, ev.lost_return)], None
         return "INCOMPLETE", [ev.landing_note or "the handler had not returned when the run ended"], None
     if ev.ftrace is not None:
         return _judge_ftrace_era(ev)
@@ -193,12 +195,18 @@ def frame_failures(ev: Int3Event) -> list[tuple[str, str]]:
                               f"({_frame_distance(ev, hw)} bytes above regs->ip): " + "; ".join(diff))]
 
 
-LATE_FRAME = "iret frame, read after a late report ([rsp] not known)"  # a landing's "from" (watch engine)
+# Int3Event.lost_return (core.watch.LOST_*) in words.
+LOST_RETURN_WORDS = {
+    "regs-gone": "its handler's return was not reported by QEMU's watchpoint, and its pt_regs are gone "
+                 "(watch engine): not judged",
+    "not-reported": "its handler's return was not reported by QEMU's watchpoint before the handler ran "
+                    "again on that stack (watch engine): not judged",
+}
 
 
 def top_known(land: dict) -> bool:
-    """Whether a landing carries the word at its rsp (not one read from the frame after a late report)."""
-    return land.get("from") != LATE_FRAME
+    """Whether a landing carries the word at its rsp (False: read from the frame after a late report)."""
+    return bool(land.get("top_known", True))
 
 
 def landing_failures(ev: Int3Event, exp: Expected, want_sp: int) -> list[tuple[str, str]]:

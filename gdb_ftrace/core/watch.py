@@ -22,7 +22,7 @@ breakpoint in kernel text while the kernel patches correctly:
 
 QEMU's x86 watchpoints stop after the accessing instruction. gdb changes
 breakpoints only at a real stop, so a stop that needs a watchpoint in or out is
-one (no cache flush either). A kernel int3 nobody handles ends in die("int3"):
+one (no cache flush either). The decisions at each stop are WatchEngine's, at the end of this file. A kernel int3 nobody handles ends in die("int3"):
 oops_enter is a read watchpoint on sysctl_oops_all_cpu_backtrace (a breakpoint
 where that variable is missing), and kprobe's return is a breakpoint put in
 only while an int3 whose handler returned 0 waits for it.
@@ -33,10 +33,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from . import tracker as T
+from .engine import IP_OFF, PT_REGS, Engine, EngineBase, Point
+from .facts import need, try_u64
 from .insn import MASK64
+from .layout import GAP_WORDS, u64s
+from .verdict import IRET_FRAME
 
-ENGINES = ("watch", "breakpoints")
-DEFAULT = "watch"
+DIE_STOPS = ("oops_enter", "die")  # the functions an oops passes: die() -> oops_begin() -> oops_enter()
 
 
 @dataclasses.dataclass
@@ -57,6 +61,31 @@ class WatchStats:
 
     def to_json(self) -> dict[str, int]:
         return dataclasses.asdict(self)
+
+
+def no_watch(ftrace_handler: bool, desc) -> str:
+    """Why the watch engine cannot run on a kernel ('' if it can): it needs a word the
+    handler reads for each int3."""
+    if ftrace_handler:
+        return "ftrace_int3_handler (v5.2-v5.5) patches ftrace sites with no batch descriptor to watch"
+    if desc is None:
+        return "v5.2's one-site patching: no batch descriptor to watch"
+    return ""
+
+
+def watch_word(desc, percpu_refs: int | None) -> tuple[str, int]:
+    """The word the watch engine watches for reads, and its size: one the handler reads
+    once per int3 and the patching CPU does not read:
+      v6.0-v6.15 (and backports): bp_desc.nr_entries, read once the refcount is taken
+                 (an int3 no batch covers is seen at oops_enter instead)
+      v5.6-v5.19 (pointer): bp_desc, read first by every kernel int3
+      v6.16+:    this CPU's text_poke_array_refs (the batch's end reads it: one stop
+                 per CPU per batch), read first by every kernel int3"""
+    if percpu_refs is not None:
+        return "text_poke_array_refs (per CPU)", 4
+    if desc.is_pointer:
+        return desc.name, 8
+    return f"{desc.name}.nr_entries", 4
 
 
 def word_stop(in_handler: bool, rip: int, open_entry_rip: int | None) -> str:
@@ -195,3 +224,232 @@ def entry_rips_from(code: list[tuple[int, int, str]], word: int) -> frozenset[in
         if tag in text:
             return frozenset({addr + length})
     return frozenset()
+
+
+# Why an open event's return was never seen (Int3Event.lost_return).
+LOST_REGS_GONE = "regs-gone"  # reported after the vCPU left the exception frame: pt_regs may be reused
+LOST_NOT_REPORTED = "not-reported"  # the handler ran again on that stack before its return was reported
+
+
+class WatchEngine(EngineBase):
+    """The watch engine's decisions: which stop a watchpoint hit is (classify, word_stop),
+    whether a late report can still be read, what to watch next."""
+
+    engine = Engine.WATCH
+
+    def __init__(self, facts, mode, tracker, injector=None) -> None:
+        super().__init__(facts, mode, tracker, injector)
+        self.st = WatchStats()
+        self.places: Places | None = None
+        self._static: frozenset[Point] = frozenset()
+        self._entry_rip: dict[int, int] = {}  # seq of an open event -> %rip of its entry stop
+        tracker.on_finish.append(lambda ev: self._entry_rip.pop(ev.seq, None))
+
+    def arm(self, g) -> None:
+        f = self.facts
+        addrs = f.watch_addrs(g)
+        lo, hi = f.handler_range
+        code = [i for i in f.handler_code if lo <= i[0] < hi]
+        self.places = Places((lo, hi), tuple(f.exit_ranges),
+                             entry_rips_from(code, addrs[0]) if len(addrs) == 1 else frozenset(),
+                             frozenset(f.returns))
+        points = {Point("word", a, "read", f.watch_size) for a in addrs}
+        # oops_enter: a read watchpoint on the word only it reads; a breakpoint where that is
+        # missing (even a breakpoint never hit slows the guest: docs/cost.md).
+        if f.oops_word is not None and f.die_name == "oops_enter":
+            points.add(Point("oops", f.oops_word, "read", 4))
+        elif f.die:
+            points.add(Point("oops", f.die))
+        self._static = frozenset(points)
+
+    def wants(self) -> frozenset[Point]:
+        """The static points, each open handler call's return slot, each emulated int3's
+        regs->cs until its landing is read, kprobe's return while an int3 waits for it."""
+        t = self.tracker
+        want = set(self._static)
+        want.update(Point("slot", ev.handler_rsp, "read", 8) for ev in t.open_events() if ev.handler_rsp is not None)
+        if self.mode.follows_landing:
+            want.update(Point("cs", (ev.regs_addr + IP_OFF + 8) & MASK64, "read", 8)
+                        for ev in t.landing_events().values())
+        if t.has_unhandled():
+            want.update(Point("kprobe", r) for r in self.facts.followups)
+        return frozenset(want)
+
+    def stats(self) -> dict[str, int]:
+        return self.st.to_json()
+
+    def stop(self, at: str, g) -> None:
+        if at == "kprobe":
+            self.kprobe_return(g)
+        elif at == "oops":
+            self._oops(g)
+        else:  # any watchpoint, or a SIGTRAP gdb matched to none ("stray"): the vCPU says which
+            self.st.stray_traps += at == "stray"
+            self._watch(g)
+
+    def _watch(self, g) -> None:
+        """Which stop it is comes from the vCPU's %rip and %rsp (classify), not from the
+        watchpoint gdb names: QEMU 7.2 with two vCPUs can report a hit late, under another
+        watchpoint's address, or not at all (docs/cost.md)."""
+        t, p, st = self.tracker, self.places, self.st
+        cpu, rip, rsp = g.cpu(), g.reg("rip"), g.reg("rsp")
+        opened = [ev for ev in t.open_events() if ev.cpu == cpu and ev.handler_rsp is not None]
+        landing = t.landing_events().get(cpu) if self.mode.follows_landing else None
+        what, ev = classify(p, rip, rsp, opened, landing, IP_OFF)
+        if what in ("return", "late-return") and not self._still_ours(g, ev):
+            what = "lost-return"
+        if what == "return":
+            st.returns += 1
+            self.handler_returned(g, cpu, rsp, g.reg("rax"), ev)
+        elif what == "lost-return":
+            st.lost_returns += 1
+            self.feed(T.LostStop(cpu, ev.handler_rsp, LOST_REGS_GONE))
+        elif what == "late-return":
+            st.late_returns += 1
+            self._late_return(g, cpu, ev)
+            landing = t.landing_events().get(cpu) if self.mode.follows_landing else None
+            if landing is not None and classify(p, rip, rsp, [], landing, IP_OFF)[0] == "before-iret":
+                self._before_iret(g, cpu, landing)
+        elif what == "before-iret":
+            self._before_iret(g, cpu, landing)
+        elif what == "landed":
+            self._landed(g, cpu, landing, rip, rsp)
+        elif what == "entry":
+            self._entry(g, cpu, rip)
+
+    def _still_ours(self, g, ev) -> bool:
+        """The words above ev's pt_regs are still its CPU frame (same_int3)."""
+        return same_int3(ev.gap, tuple(u64s(need(g, ev.regs_addr + PT_REGS.size, 8 * len(GAP_WORDS)))))
+
+    def _entry(self, g, cpu: int, rip: int) -> None:
+        """In the handler (the batch word was read): this int3's entry unless it is a later
+        access of a call already open on this vCPU, or pt_regs no longer holds what the CPU
+        pushed (a late report after the emulation)."""
+        t, st = self.tracker, self.st
+        st.word_stops += 1
+        where = self._in_handler(g)
+        open_ev = None
+        if where is not None:
+            open_ev = next((ev for ev in t.open_events() if ev.cpu == cpu and ev.handler_rsp == where[1]), None)
+        kind = word_stop(where is not None, rip, self._entry_rip.get(open_ev.seq) if open_ev else None)
+        if kind in ("pass", "same-call"):
+            return
+        if kind == "entry-missed-return":
+            st.lost_returns += 1
+            self.feed(T.LostStop(cpu, open_ev.handler_rsp, LOST_NOT_REPORTED))
+        stop = self.read_handler_entry(g, self.facts.handler_name, *where)
+        if not regs_untouched(stop.regs, stop.gap):
+            st.late_entries_dropped += 1
+            return
+        st.entries += 1
+        st.late_entries += bool(self.places.entry_rips) and rip not in self.places.entry_rips
+        self.feed(stop)
+        mine = t.innermost_open(cpu)  # the event this entry opened, on this vCPU
+        if mine is not None:
+            self._entry_rip[mine.seq] = rip
+
+    def _late_return(self, g, cpu: int, ev) -> None:
+        """The handler has returned but the stop came after its `ret`, in the exit path, the
+        vCPU still on the exception frame and the frame above pt_regs still this int3's:
+        pt_regs is what the handler left (the exit path only reads it) and is judged as at
+        the return; the return value is what every emulation path sets (1) when regs->ip or
+        regs->sp moved, else 0 (said in the reasons). The injector has its turn as at a
+        return reported on time."""
+        after, pushed = self.read_after(g, ev)
+        rax = inferred_return(ev.before, after)
+        done = self.injector and self.injector.at_return(g, ev, rax, IP_OFF, PT_REGS.fields["sp"].offset)
+        if done:
+            after, pushed = self.read_after(g, ev)
+        note = ("the watchpoint on its return address was reported late: pt_regs read in the exit path, "
+                f"return value {rax} inferred from regs->ip")
+        self.feed(T.HandlerReturnStop(cpu, (ev.handler_rsp + 8) & MASK64, rax, after, pushed, self._done(done),
+                                      note=note))
+
+    def _frame_and_gap(self, g, ev) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """One read from ev's regs->ip up: (its address, the iret frame in pt_regs, the gap above)."""
+        ipslot = (ev.regs_addr + IP_OFF) & MASK64
+        words = tuple(u64s(need(g, ipslot, PT_REGS.size - IP_OFF + 8 * len(GAP_WORDS))))
+        return ipslot, words[:len(IRET_FRAME)], words[-len(GAP_WORDS):]
+
+    def _landed(self, g, cpu: int, ev, rip: int, rsp: int) -> None:
+        """Past the iretq. Reported right after it: the vCPU's rip and rsp are the words it
+        loaded from the frame, still in memory: the landing is the registers and [rsp].
+        Reported late (the vCPU ran on): the frame in memory is what the iretq loaded if it
+        is still what the handler left in pt_regs (frame_kept): rip and rsp from it, [rsp]
+        not known (the vCPU may have popped it); otherwise the landing was not seen."""
+        st = self.st
+        st.landing_stops += 1
+        ipslot, frame, gap = self._frame_and_gap(g, ev)
+        same = same_int3(ev.gap, gap)
+        exact = exact_landing(rip, rsp, frame)
+        if same and not exact and frame_kept(frame, ev.after):
+            st.late_landings_from_frame += 1
+            self.feed(T.IretStop(cpu, ipslot, frame, None, self.landing_done(g, ev),
+                                 source=T.SRC_FRAME_AFTER_LATE_REPORT, top_known=False))
+        elif not same or not exact:
+            st.late_landings += 1
+            self.landing_done(g, ev)
+            self.feed(T.LandingUnseenStop(cpu, "QEMU reported the watchpoint on regs->cs late, and the frame "
+                                               "the iretq loaded is gone: not checked"))
+        else:
+            top = try_u64(g, rsp)
+            done = self.landing_done(g, ev)
+            regs_now = (rip, g.reg("cs"), g.reg("eflags"), rsp, g.reg("ss"))
+            self.feed(T.IretStop(cpu, ipslot, regs_now, top, done, source=T.SRC_REGISTERS))
+
+    def _before_iret(self, g, cpu: int, ev) -> None:
+        """In the exit path, before the iretq: the frame in pt_regs is what it will load
+        (POP_REGS and the iretq write none of it) and the word at its sp what the vCPU will
+        find at [rsp]: the landing, as the breakpoint engine reads it at the iretq."""
+        st = self.st
+        st.landing_stops += 1
+        ipslot, frame, gap = self._frame_and_gap(g, ev)
+        if not same_int3(ev.gap, gap):
+            st.late_landings += 1
+            self.landing_done(g, ev)
+            self.feed(T.LandingUnseenStop(cpu, "the frame above its pt_regs is another int3's when the exit "
+                                               "path was reported: not checked"))
+            return
+        st.landings_before_iret += 1
+        top = try_u64(g, frame[IRET_FRAME.index("sp")])
+        self.feed(T.IretStop(cpu, ipslot, frame, top, self.landing_done(g, ev)))
+
+    def _in_handler(self, g) -> tuple[int, int] | None:
+        """(pt_regs, %rsp at its first instruction) of the text-patch handler this vCPU is in
+        (DWARF's `regs`, else %rdi; the caller's %rsp - 8), or None when the watched word was
+        touched elsewhere. Without DWARF both come off the stack (find_frames): gdb's
+        prologue analysis misreads the handler there."""
+        if not self.facts.dwarf:
+            rsp = g.reg("rsp")
+            raw = g.read(rsp, 8 * STACK_SCAN_WORDS)
+            if raw is None:
+                return None
+            return find_frames(tuple(u64s(raw)), rsp, self.places.returns, PT_REGS.size // 8, IP_OFF // 8)
+        fr = g.handler_frame()
+        if fr is None:
+            return None
+        name, regs, caller_rsp = fr
+        if name != self.facts.handler_name or caller_rsp is None:
+            return None
+        return (g.reg("rdi") if regs is None else regs) & MASK64, (caller_rsp - 8) & MASK64
+
+    def _oops(self, g) -> None:
+        """oops_enter. An int3 the handler was seen to leave (its return) has its die follow-up;
+        a kernel int3 the watch did not see enter (v6.0-v6.15 watch nr_entries, which a
+        handler without a live batch does not read) is read here from die("int3", regs):
+        die() is called for an int3 only when every handler returned 0."""
+        cpu, t = g.cpu(), self.tracker
+        if not any(n in DIE_STOPS for n in g.frame_names(3)):
+            return  # a hit QEMU reported late or under this address: not an oops
+        if t.unhandled_event(cpu) is None:
+            got = g.die_args(8)
+            regs = got[1] & MASK64 if got is not None and got[0].split("\0")[0] == "int3" else None
+            if regs is not None:
+                self.st.oops_int3s += 1
+                entry = self.read_handler_entry(g, self.facts.handler_name, regs, seen_at="oops_enter")
+                self.feed(entry)
+                after = {"ip": entry.regs["ip"], "sp": entry.regs["sp"]}  # a handler returning 0 changed nothing
+                self.feed(T.HandlerReturnStop(cpu, 0, 0, after))
+                if self.facts.followups:
+                    self.feed(T.KprobeReturnStop(cpu, 0, after["ip"]))
+        self.feed(T.DieStop(cpu))

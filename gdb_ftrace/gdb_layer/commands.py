@@ -14,10 +14,10 @@ import collections
 
 import gdb
 
+from ..core import engine as E
 from ..core import inject as core_inject
 from ..core import mode as check_mode
 from ..core import report, style
-from ..core import watch as W
 from ..core.cli import DefaultsHelpFormatter
 from ..core.errors import UserError
 from . import checker, kernel
@@ -72,14 +72,14 @@ def _add_mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", type=_non_negative, default=0, metavar="N",
                    help="the int3 entry stop and the landing only for the first N int3s of each batch, "
                         "the handler checks for all (0: every int3)")
-    p.add_argument("--engine", choices=W.ENGINES, default=W.DEFAULT,
-                   help="watch: watchpoints only, no breakpoint in kernel text but oops_enter (v5.6+; the CPU's "
-                        "frame from the words above pt_regs); breakpoints: on the handler, its returns, the "
-                        "int3 entry (mode full) and the iretq, several times dearer per int3 on QEMU < 10.2 "
-                        "(docs/cost.md) (default: %(default)s)")
+    p.add_argument("--engine", choices=E.NAMES, default=E.DEFAULT.value,
+                   help="watch: read watchpoints only (v5.6+; older kernels fall back to breakpoints and say "
+                        "so); breakpoints: on the handler, its returns, the int3 entry (mode full) and the "
+                        "iretq, several times dearer per int3 on QEMU < 10.2 (docs/cost.md)")
 
 
-MODES_EPILOG = "modes:\n" + "\n".join("  " + line for line in check_mode.describe_all().splitlines())
+MODES_EPILOG = "modes and engines (where the checker stops):\n" + "\n".join(
+    "  " + line for line in E.describe_modes().splitlines())
 
 
 class _Sub(gdb.Command):
@@ -192,11 +192,10 @@ class Info(_Sub):
 class Arm(_Sub):
     name = "arm"
     summary = "Start checking every int3 the kernel's text-patch handler takes."
-    epilog = ("Sets internal breakpoints; every entry into the handler becomes one event with one\n"
-              "verdict. Re-arming starts a new event list. With modes landing and full, resume with\n"
-              "'ftrace-int3 run' (it handles the checker's own real stops), and with the watch engine\n"
-              "(the default) in every mode; only handler with --engine breakpoints works with 'continue'.\n\n"
-              + MODES_EPILOG)
+    epilog = ("Puts the engine's watchpoints (or breakpoints) in; every entry into the handler becomes\n"
+              "one event with one verdict. Re-arming starts a new event list. Resume with\n"
+              "'ftrace-int3 run' (it handles the checker's own real stops); only mode handler with\n"
+              "--engine breakpoints also works with 'continue'.\n\n" + MODES_EPILOG)
     example = "ftrace-int3 arm --mode handler --json /tmp/ftrace-int3.jsonl"
     command_class = gdb.COMMAND_BREAKPOINTS
 
@@ -221,25 +220,28 @@ class Arm(_Sub):
         except slide.NotUpYet:
             gdb.write("ftrace-int3: the guest's kernel is not up yet (reset or early boot): arming at the "
                       "vmlinux link addresses, so it must boot with nokaslr\n")
+        from ..core.eventlog import EventLog
+
         try:
-            c = checker.Checker(args.mode, json_path=args.json, echo=args.echo, sample=args.sample,
+            log = EventLog(args.json) if args.json else None
+            c = checker.Checker(args.mode, log=log, echo=args.echo, sample=args.sample,
                                 stops_path=args.stops, engine=args.engine)
         except OSError as e:
             raise UserError(f"cannot open the log: {e}") from None
         c.arm()
         checker.active = c
-        k = c.kinfo
+        k, where = c.kinfo, E.stops(args.mode, c.engine_kind)
+        if log:
+            log.armed(handlers=[n for n, _ in k.handlers], returns=[r for _, r in k.returns],
+                      mode=args.mode.value, engine=c.engine_kind.value, inject=None)
         gdb.write(f"ftrace-int3: armed ({args.mode}) on {k.handler_name} ({k.handler:#x}) and "
                   f"{len(k.returns)} return point(s); batch from {k.desc_name}"
-                  + (f"; int3 entry {k.int3_entry_name}" if args.mode.stops_at_int3_entry and not c.watch else "")
                   + (f"; events -> {args.json}" if args.json else "") + "\n")
         gdb.write(f"ftrace-int3: engine {c.describe_engine()}\n")
-        if c.watch:
-            gdb.write("ftrace-int3: resume with 'ftrace-int3 run' (not 'continue'): each int3's watchpoints "
+        gdb.write(f"ftrace-int3: {where.describe()}\n")
+        if c.watch or args.mode.follows_landing:
+            gdb.write("ftrace-int3: resume with 'ftrace-int3 run' (not 'continue'): the checker's points "
                       "come and go at real stops that it handles for you\n")
-        elif args.mode.follows_landing:
-            gdb.write("ftrace-int3: resume with 'ftrace-int3 run' (not 'continue'): following a landing "
-                      "needs real stops that it handles for you\n")
 
 
 class Run(_Sub):
@@ -258,7 +260,7 @@ class Run(_Sub):
     def run(self, args, c) -> None:
         from . import interactive, runner
 
-        line = interactive.StatusLine(c, interactive.terminal())
+        line = interactive.status_line(c, interactive.terminal())
         try:
             why = runner.drive(c)
         finally:
@@ -281,15 +283,12 @@ class Inject(_Sub):
         p.add_argument("fault", choices=self.choices, help="the bug to reproduce, or off")
 
     def run(self, args, c) -> None:
-        from .inject import Injector
-
-        if c.injector is not None:
-            for line in c.injector.restore():
-                gdb.write(f"ftrace-int3: {line}\n")
-            gdb.write(f"ftrace-int3: injection {c.injector.describe()}; stopped\n")
-            c.injector = None
+        old = c.injector
+        for line in c.set_injection(None if args.fault == "off" else args.fault):
+            gdb.write(f"ftrace-int3: {line}\n")
+        if old is not None:
+            gdb.write(f"ftrace-int3: injection {old.describe()}; stopped\n")
         if args.fault != "off":
-            c.injector = Injector(args.fault, c.kinfo)
             gdb.write(f"ftrace-int3: injecting {args.fault} from the next int3 on\n")
 
 
@@ -320,6 +319,7 @@ class Status(_Sub):
         if c is not None:
             k = c.kinfo
             rows += [("mode", f"{c.mode}" + (f", sample {c.tracker.sample}" if c.tracker.sample else "")),
+                     ("engine", c.describe_engine()),
                      ("kernel", f"{k.version or '?'}, era {k.era} ({', '.join(n for n, _ in k.handlers)})"),
                      ("slide", slide.located.describe() if slide.located else "not located (armed at link addresses)"),
                      ("injection", c.injector.describe() if c.injector else "none"),

@@ -6,6 +6,7 @@ import time
 
 import gdb
 
+MASK64 = 0xFFFFFFFFFFFFFFFF
 # Guest reads so far and the time they took: each is one remote round trip (make bench's breakdown).
 stats = {"reads": 0, "read_s": 0.0}
 
@@ -47,7 +48,7 @@ def write(addr: int, data: bytes) -> None:
 
 def reg(name: str) -> int:
     """A register of the stopped vCPU, as an unsigned 64-bit int."""
-    return int(gdb.newest_frame().read_register(name)) & 0xFFFFFFFFFFFFFFFF
+    return int(gdb.newest_frame().read_register(name)) & MASK64
 
 
 def vcpu_index() -> int:

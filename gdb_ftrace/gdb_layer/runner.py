@@ -19,9 +19,10 @@ import time
 
 import gdb
 
+from ..core import engine as E
 from ..core.errors import UserError
+from ..core.eventlog import EventLog
 from ..core.mode import CheckMode
-from ..core.watch import DEFAULT as _DEFAULT_ENGINE
 from . import checker, kernel, slide
 
 
@@ -161,12 +162,10 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
     _sigint[0] = False
     if c is not None:
         c.bps.interrupted = False
-        c.bps.sync()  # what the guest's state wants since the last run
+        c.sync()  # what the guest's state wants since the last run
     # The watch engine: gdb keeps the watchpoints in QEMU across its real stops instead of
     # taking all of them out and back in at each: QEMU 7.2 keeps a vCPU's pending hit as a
-    # pointer to its watchpoint, and a hit pending across a removal was lost (trace-all,
-    # SAMPLE=0, 6.12: 2 917 of 24 302 returns never reported that way, none of 38 577 with
-    # it; more hits come late instead, which the checker reads in the exit path; docs/cost.md).
+    # pointer to its watchpoint, and a hit pending across a removal was lost (docs/cost.md).
     keep = c is not None and c.watch
     if keep:
         was = gdb.parameter("breakpoint always-inserted")
@@ -185,9 +184,9 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
             if _sigint[0] or (c is not None and c.bps.interrupted):
                 return INTERRUPTED
             if c is not None and _sigtrap[0] and c.stray_trap():
-                c.bps.sync()
+                c.sync()
                 continue
-            if c is not None and c.bps.sync():
+            if c is not None and c.sync():
                 continue
             return "guest stopped (interrupt or a stop that is not the checker's)"
     except KeyboardInterrupt:
@@ -203,13 +202,16 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
 def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,
         sample: int = 0, inject: str | None = None, stops_path: str | None = None, bare: bool = False,
         wait_kernel: bool = False, duration: float | None = None, detach: bool = False,
-        stop_file: str | None = None, engine: str = _DEFAULT_ENGINE) -> None:
+        stop_file: str | None = None, engine: str = E.DEFAULT.value) -> None:
     """arm=False only attaches (no breakpoint), bare=True adds one Python breakpoint on the
     handler that does nothing: the baselines of scripts/bench-stops. wait_kernel: the
     guest is held at reset and boots with KASLR: run it until its kernel is up, then
-    locate it. detach: leave the guest running at the end (a QEMU we did not start)."""
+    locate it. detach: leave the guest running at the end (a QEMU we did not start).
+    The event log gets an 'armed' record once the checker is in, an 'error' record for
+    whatever ended the check early (scripts/ftrace-int3-check reads those)."""
     gdb.execute("set pagination off")
     gdb.execute("set confirm off")
+    log = EventLog(json_path)
     c = None
     bare_bp = None
     connected = False
@@ -235,33 +237,43 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             bare_bp = _BareBreakpoint(f"*{kernel.info().handler:#x}", internal=True)
             _say(f"bare breakpoint on {kernel.info().handler_name}")
         if arm:
-            c = checker.Checker(mode, json_path=json_path, sample=sample, inject=inject, stops_path=stops_path,
-                                engine=engine)
+            c = checker.Checker(mode, log=log, sample=sample, inject=inject, stops_path=stops_path, engine=engine)
             c.arm()
             checker.active = c
-            _say(f"armed on {', '.join(n for n, _ in c.kinfo.handlers)} (mode {mode}"
+            f = c.facts
+            log.armed(handlers=[n for n, _ in f.handlers], returns=list(f.returns), mode=mode.value,
+                      engine=c.engine_kind.value, inject=inject)
+            _say(f"armed on {', '.join(n for n, _ in f.handlers)} (mode {mode}"
                  + (f", injecting {inject}" if inject else "") + "); returns at "
-                 + ", ".join(f"{r:#x}" for _, r in c.kinfo.returns))
-            if not c.kinfo.dwarf:
+                 + ", ".join(f"{r:#x}" for r in f.returns))
+            if not f.dwarf:
                 _say(f"vmlinux has no DWARF: {kernel.NO_DWARF[4:]}")
             _say(f"engine: {c.describe_engine()}")
         deadline = _Ender(c, duration, stop_file)
         if duration:
             _say(f"running for {duration:g} s")
-        _say(drive(c, deadline) + "; ending the check")
+        why = drive(c, deadline)
+        if why.startswith("target gone"):
+            log.error(why)
+        _say(why + "; ending the check")
     except UserError as e:
+        log.error(str(e))
         _say(f"error: {e}")
     finally:
         if deadline is not None:
             deadline.cancel()
         if c is not None:
             c.bps.halt = False
-            c.close()
-            if c.injector is not None:
-                _say(f"injection {c.injector.describe()}")
-            _say(f"events={len(c.events)} checker_errors={len(c.errors)} "
+            inj = c.injector
+            c.close()  # closes the event log too
+            if inj is not None:
+                _say(f"injection {inj.describe()}")
+            stats = c.engine.stats() or {}
+            _say(f"events={len(c.events)} checker_errors={len(c.errors)} engine={c.engine_kind} "
                  + " ".join(f"{k}={v}" for k, v in c.tracker.stats.to_json().items())
-                 + ("".join(f" watch_{k}={v}" for k, v in c.watch_stats.to_json().items()) if c.watch else ""))
+                 + "".join(f" {c.engine_kind}_{k}={v}" for k, v in stats.items()))
+        else:
+            log.close()
         if bare_bp is not None and bare_bp.is_valid():
             bare_bp.delete()
         _end(detach and connected)

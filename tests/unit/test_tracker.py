@@ -1,102 +1,35 @@
-"""core.tracker on stop streams recorded from live runs (`scripts/ftrace-int3-check
---stops FILE`, 6.12.117+deb12 cloud kernel under QEMU), each next to the event
-log gdb wrote in the same run: replaying the stops must give exactly the events
-the live checker gave. Then the pairing rules, one by one, on records taken
-from those streams."""
+"""core.tracker's pairing rules, one by one, on the tracker records the engines fed in
+live runs (replayed from tests/data's raw stop streams, tests/unit/test_replay.py):
+each record is what an engine made of one stop of the 6.12.118 guest."""
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
-import os
 
 import pytest
-from conftest import DATA
+from test_replay import replay
 
-from gdb_ftrace.core import report
 from gdb_ftrace.core import tracker as T
 from gdb_ftrace.core.event import DIE, KPROBE, NESTED, REPEAT
 from gdb_ftrace.core.mode import CheckMode
 
-NAMES = ("site_sym", "site_kind", "target_sym")  # given by the gdb layer from the symbols
-
-# stream name -> (mode, sample, file suffix); the event log of the same run is events-NAME.
-STREAMS = {
-    "livepatch-trace-6.12.117-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
-    # ACCEL=tcg-multi TOGGLES=1000: two duplicate stops and a late int3 the kernel died on
-    "tcg-multi-6.12.117-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
-    # INJECT=skip-call: the pre-seed handler's behaviour at every CALL being installed
-    "inject-skip-call-6.12.117-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
-    # v5.4.286 built from source (ftrace_int3_handler + poke_int3_handler detours), and with skip-call
-    "livepatch-trace-5.4.286-src-full": (CheckMode.FULL, 0, ".jsonl.gz"),
-    "inject-skip-call-5.4.286-src-full": (CheckMode.FULL, 0, ".jsonl.gz"),
-    # Debian 11's 5.10.0-32 (v5.6-v5.19: bp_desc pointer, K8 NOP5s)
-    "livepatch-trace-5.10.0-32-cloud-full": (CheckMode.FULL, 0, ".jsonl.gz"),
-    # The watch engine (core/watch.py): landings from the registers after the iretq, 4 returns
-    # reported late (return value inferred), 3 lost (INCOMPLETE), 6 landings reported late
-    "livepatch-trace-6.12.117-cloud-watch-full": (CheckMode.FULL, 0, ".jsonl.gz"),
-}
-
-
-def _path(kind: str, name: str) -> str:
-    return os.path.join(DATA, f"{kind}-{name}{STREAMS[name][2]}")
-
-
-def load_stops(name: str) -> list:
-    with (gzip.open if _path("stops", name).endswith(".gz") else open)(_path("stops", name), "rt") as f:
-        return [T.stop_from_json(json.loads(line)) for line in f]
-
-
-def replay(name: str, mode=None, sample=None) -> T.Tracker:
-    m, s, _ = STREAMS[name]
-    t = T.Tracker(mode or m, s if sample is None else sample, "poke_int3_handler")  # the run's batch handler
-    t.replay(load_stops(name))
-    t.close()
-    return t
-
 
 def comparable(ev) -> dict:
     d = ev.to_json()
-    for k in NAMES:
+    for k in ("site_sym", "site_kind", "target_sym"):
         d.pop(k)
     return d
 
 
-@pytest.mark.parametrize("name", sorted(STREAMS))
-def test_replay_gives_the_live_events(name):
-    live, meta = report.load_events(_path("events", name))
-    t = replay(name)
-    assert [e.seq for e in t.events] == [e.seq for e in live]
-    for got, want in zip(t.events, live):
-        assert comparable(got) == comparable(want), got.seq
-    assert t.stats.to_json() == meta["stats"]
-
-
-def test_default_scenario_stream_pairs_every_stop():
-    t = replay("livepatch-trace-6.12.117-cloud-full")
-    s = t.stats
-    assert s.duplicate_stops == 0 and s.unmatched_returns == 0 and s.max_depth == 1
-    kernel = [e for e in t.events if not e.before["cs"] & 3]
-    assert s.int3_entry_stops == len(kernel) and all(e.hw_source == "entry" for e in kernel)
-    emulated = [e for e in t.events if e.ret == 1]
-    assert len(emulated) >= 100 and all(e.landing is not None for e in emulated)
-    assert {e.verdict for e in t.events} == {"VERIFIED", "OTHER"}
-
-
-def test_multithreaded_tcg_stream_has_duplicates_and_a_missed():
-    t = replay("tcg-multi-6.12.117-cloud-full")
-    assert t.stats.duplicate_stops > 0
-    missed = [e for e in t.events if e.verdict == "MISSED"]
-    assert missed and all(e.loc is None for e in missed)  # late: after the batch had finished
-    assert not [e for e in t.events if e.verdict in ("WRONG-TARGET", "WRONG-RETURN", "WRONG-STACK",
-                                                       "GAP-VIOLATION", "WRONG-LANDING", "UNEXPECTED-EMULATION")]
+def records(name: str) -> list:
+    return replay(name).records
 
 
 def test_duplicates_are_not_counted_as_events():
-    """Feeding every stop of the multi-threaded TCG stream twice in a row changes nothing
-    but the duplicate count: a second report of the same hit is not a nested int3."""
-    stops = load_stops("tcg-multi-6.12.117-cloud-full")
+    """Feeding every entry record of the multi-threaded TCG stream twice in a row changes
+    nothing but the duplicate count: a second report of the same hit is not a nested int3."""
+    stops = records("breakpoints-tcg-multi-6.12")
     once = T.Tracker(CheckMode.FULL, 0).replay(stops)
     twice = T.Tracker(CheckMode.FULL, 0)
     for s in stops:
@@ -110,20 +43,13 @@ def test_duplicates_are_not_counted_as_events():
     assert twice.stats.duplicate_stops == once.stats.duplicate_stops + extra
 
 
-def test_injected_fault_stream_gives_wrong_target():
-    t = replay("inject-skip-call-6.12.117-cloud-full")
-    bad = [e for e in t.events if e.verdict == "WRONG-TARGET"]
-    assert bad and all(e.injected_by("skip-call") and e.expected.kind == "CALL" for e in bad)
-    assert all(e.after["ip"] == e.site + 5 for e in bad)
-
-
 def _first(stops, cls, pred=lambda s: True):
     return next(s for s in stops if isinstance(s, cls) and pred(s))
 
 
 @pytest.fixture(scope="module")
 def stops():
-    return load_stops("livepatch-trace-6.12.117-cloud-full")
+    return records("breakpoints-full-6.12")
 
 
 def test_a_run_cut_after_the_handler_entry_is_incomplete(stops):
@@ -142,8 +68,9 @@ def test_an_emulated_int3_waits_for_its_landing_then_closes_without_one(stops):
     t.feed(entry)
     t.feed(stops[i])
     assert t.events == [] and t.wants_iret_stops()
-    assert not t.feed(T.IretStop(entry.cpu, 0x1234))  # another frame's iretq
-    assert t.feed(T.IretStop(entry.cpu, entry.regs_addr + T.PT_REGS_IP))  # ours: step it
+    t.feed(T.IretStop(entry.cpu, 0x1234))  # another frame's iretq
+    t.feed(T.IretStop(entry.cpu, entry.regs_addr + T.PT_REGS_IP))  # ours, but no frame read: nothing
+    assert t.events == [] and t.wants_iret_stops()
     t.close()
     assert t.events[0].landing is None and "run ended" in t.events[0].landing_note
     # In handler mode the same pair is finished at once.
@@ -171,10 +98,11 @@ def test_the_landing_is_read_from_the_frame_our_iretq_loads(stops, change, verdi
     t.feed(ret)
     ip, sp = ret.after["ip"] + change.get("ip", 0), ret.after["sp"] + change.get("sp", 0)
     frame = (ip, 0x10, entry.regs["flags"], sp, 0x18)
-    assert not t.feed(T.IretStop(entry.cpu, entry.regs_addr + T.PT_REGS_IP, frame, ret.pushed + change.get("top", 0)))
-    assert t.step_pending is None and not t.wants_iret_stops()
+    t.feed(T.IretStop(entry.cpu, entry.regs_addr + T.PT_REGS_IP, frame, ret.pushed + change.get("top", 0)))
+    assert not t.wants_iret_stops()
     [ev] = t.events
-    assert ev.landing["from"] == "iret frame" and ev.verdict == verdict, ev.reasons
+    assert ev.landing["source"] == T.SRC_IRET_FRAME and ev.landing["top_known"]
+    assert ev.verdict == verdict, ev.reasons
 
 
 def test_nested_int3_is_a_followup_of_the_outer_one(stops):
@@ -223,8 +151,11 @@ def test_unhandled_int3_followups_kprobe_die_repeat(stops):
 
 
 def test_sampling_keeps_full_checks_for_the_first_n_of_each_batch():
-    full = replay("livepatch-trace-6.12.117-cloud-full")
-    sampled = replay("livepatch-trace-6.12.117-cloud-full", sample=1)
+    stops = records("breakpoints-full-6.12")
+    full = T.Tracker(CheckMode.FULL, 0).replay(stops)
+    sampled = T.Tracker(CheckMode.FULL, 1).replay(stops)
+    full.close()
+    sampled.close()
     # The same int3s with the same verdicts; those past the sample do not wait for a landing.
     verdicts = {e.seq: e.verdict for e in full.events}
     assert {e.seq: e.verdict for e in sampled.events} == verdicts
@@ -238,7 +169,7 @@ def test_stop_records_roundtrip_through_json(stops):
     for s in stops:
         kinds.add(type(s))
         assert T.stop_from_json(json.loads(json.dumps(T.stop_to_json(s)))) == s
-    assert {T.Int3EntryStop, T.HandlerEntryStop, T.HandlerReturnStop, T.IretStop, T.LandingStop} <= kinds
+    assert {T.Int3EntryStop, T.HandlerEntryStop, T.HandlerReturnStop, T.IretStop} <= kinds
 
 
 def test_handler_return_value_is_a_signed_int():
@@ -250,14 +181,14 @@ def test_handler_return_value_is_a_signed_int():
 def test_watch_engine_stream_late_and_lost_reports():
     """What the watch engine feeds when QEMU reports a watchpoint late or never: the events
     say so, and none of them is judged on what was not seen."""
-    t = replay("livepatch-trace-6.12.117-cloud-watch-full")
-    evs = t.events
+    r = replay("watch-full-6.12")
+    evs = r.tracker.events
     late = [ev for ev in evs if any("reported late" in n for n in ev.notes)]
+    assert late and all(ev.verdict == "VERIFIED" and ev.ret == 1 for ev in late)
+    assert r.engine.st.late_returns == len(late)
     lost = [ev for ev in evs if ev.verdict == "INCOMPLETE"]
-    unseen = [ev for ev in evs if ev.ret and ev.landing is None]
-    assert len(late) == 4 and all(ev.verdict == "VERIFIED" and ev.ret == 1 for ev in late)
-    assert len(lost) == 3 and all("not reported by QEMU" in ev.reasons[0] for ev in lost)
-    assert len(unseen) == 6 and all("late" in ev.landing_note for ev in unseen)
+    assert all(ev.lost_return and "not judged" in ev.reasons[0] for ev in lost)
+    assert len(lost) == r.engine.st.lost_returns
     landed = [ev for ev in evs if ev.landing is not None]
-    assert landed and all(ev.landing["from"] == "registers after iretq" for ev in landed)
+    assert landed and all(ev.landing["source"] in (T.SRC_REGISTERS, T.SRC_IRET_FRAME, T.SRC_FRAME_AFTER_LATE_REPORT) for ev in landed)
     assert not any(ev.verdict in ("WRONG-LANDING", "MISSED") for ev in evs)

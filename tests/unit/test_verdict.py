@@ -223,7 +223,7 @@ def test_late_landing_from_the_frame_does_not_judge_rsp_top(full):
     # [rsp] unknown. Its rip is still judged.
     ev = _first(full, lambda e: e.ret == 1 and e.expected.kind == "CALL")
     ev.landing["top"] = None
-    ev.landing["from"] = "iret frame, read after a late report ([rsp] not known)"
+    ev.landing["top_known"], ev.landing["source"] = False, "late-frame"
     assert judge(ev)[0] == "VERIFIED"
     ev.landing["ip"] = ev.site + 5
     assert judge(ev)[0] == "WRONG-LANDING"
