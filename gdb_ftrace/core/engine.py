@@ -133,7 +133,7 @@ def describe(engine: Engine, facts: KernelFacts, note: str = "") -> str:
 
 class Point(NamedTuple):
     """A place the engine wants the guest to stop: `at` names it to the engine again when
-    it fires; kind 'break' (a breakpoint at addr) or 'read' (a read watchpoint of size bytes)."""
+    it fires; kind 'break' (a breakpoint at addr), 'read' or 'write' (a watchpoint of size bytes)."""
 
     at: str
     addr: int

@@ -242,12 +242,23 @@ class WatchEngine(EngineBase):
         self.st = WatchStats()
         self.places: Places | None = None
         self._static: frozenset[Point] = frozenset()
+        self._percpu_wait: Point | None = None
         self._entry_rip: dict[int, int] = {}  # seq of an open event -> %rip of its entry stop
         tracker.on_finish.append(lambda ev: self._entry_rip.pop(ev.seq, None))
 
     def arm(self, g) -> None:
+        self._place(g)
+
+    def _place(self, g) -> None:
+        """Where the batch word and the rest of the static points are. v6.16+: one word per
+        CPU, at __per_cpu_offset[cpu] + text_poke_array_refs; armed early in boot (KASLR: as
+        soon as the IDT is up) every CPU still has the boot offset, so until the last CPU's
+        offset is written (setup_per_cpu_areas) a write watchpoint on it waits for that."""
         f = self.facts
         addrs = f.watch_addrs(g)
+        self._percpu_wait = None
+        if f.percpu_refs is not None and len(addrs) > 1 and len(set(addrs)) == 1:
+            self._percpu_wait = Point("percpu", (f.per_cpu_offset + 8 * (len(addrs) - 1)) & MASK64, "write", 8)
         lo, hi = f.handler_range
         code = [i for i in f.handler_code if lo <= i[0] < hi]
         self.places = Places((lo, hi), tuple(f.exit_ranges),
@@ -267,6 +278,8 @@ class WatchEngine(EngineBase):
         regs->cs until its landing is read, kprobe's return while an int3 waits for it."""
         t = self.tracker
         want = set(self._static)
+        if self._percpu_wait is not None:
+            want.add(self._percpu_wait)
         want.update(Point("slot", ev.handler_rsp, "read", 8) for ev in t.open_events() if ev.handler_rsp is not None)
         if self.mode.follows_landing:
             want.update(Point("cs", (ev.regs_addr + IP_OFF + 8) & MASK64, "read", 8)
@@ -281,6 +294,8 @@ class WatchEngine(EngineBase):
     def stop(self, at: str, g) -> None:
         if at == "kprobe":
             self.kprobe_return(g)
+        elif at == "percpu":  # the per-CPU offsets were written: the per-CPU words move there
+            self._place(g)
         elif at == "oops":
             self._oops(g)
         else:  # any watchpoint, or a SIGTRAP gdb matched to none ("stray"): the vCPU says which

@@ -22,10 +22,10 @@ MAX_ERRORS = 50
 
 class _Bp(gdb.Breakpoint):
     def __init__(self, point, callback: Callable[[], bool]) -> None:
-        if point.kind == "read":  # QEMU stops after the access: no translation-cache flush
+        if point.kind in ("read", "write"):  # QEMU stops after the access: no translation-cache flush
             kind = {4: "int", 8: "long"}[point.size]
             super().__init__(f"*(unsigned {kind} *){point.addr:#x}", type=gdb.BP_WATCHPOINT,
-                             wp_class=gdb.WP_READ, internal=True)
+                             wp_class=gdb.WP_READ if point.kind == "read" else gdb.WP_WRITE, internal=True)
         else:
             super().__init__(f"*{point.addr:#x}", type=gdb.BP_BREAKPOINT, internal=True)
         self.silent, self._callback = True, callback

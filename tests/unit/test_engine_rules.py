@@ -125,3 +125,26 @@ def test_where_it_stops_is_one_function_of_mode_and_engine():
     import dataclasses
     old = dataclasses.replace(F.FACTS, no_watch="v5.2-v5.5")
     assert E.resolve("watch", old) == (E.Engine.BREAKPOINTS, "v5.2-v5.5")
+
+
+def test_per_cpu_words_wait_for_the_per_cpu_offsets():
+    """v6.16+ watches each CPU's text_poke_array_refs. Armed early in boot (KASLR), every CPU
+    still had the boot offset: the words were watched at one wrong address and the run saw no
+    int3 at all (make matrix, 7.3.4, before this rule). Now a write watchpoint on the last
+    CPU's __per_cpu_offset waits for setup_per_cpu_areas, then the words move."""
+    import dataclasses
+
+    per_cpu_offset, refs = 0xFFFFFFFF82F00000, 0x2A0C0
+    facts = dataclasses.replace(F.FACTS, desc=dataclasses.replace(F.FACTS.desc, refs_off=None),
+                                percpu_refs=refs, per_cpu_offset=per_cpu_offset)
+    w = F.World()
+    boot = 0xFFFFFFFF83000000
+    w.put(per_cpu_offset, boot.to_bytes(8, "little") * 2)
+    e = WatchEngine(facts, CheckMode.HANDLER, T.Tracker(CheckMode.HANDLER, 0))
+    e.arm(w.on(0))
+    words = {p.addr for p in e.wants() if p.at == "word"}
+    assert words == {boot + refs} and E.Point("percpu", per_cpu_offset + 8, "write", 8) in e.wants()
+    w.put(per_cpu_offset, (0xFFFF888100000000).to_bytes(8, "little") + (0xFFFF888200000000).to_bytes(8, "little"))
+    e.stop("percpu", w.on(0))
+    assert {p.addr for p in e.wants() if p.at == "word"} == {0xFFFF888100000000 + refs, 0xFFFF888200000000 + refs}
+    assert not any(p.at == "percpu" for p in e.wants())
