@@ -1,11 +1,10 @@
 """The checker in gdb: puts the engine's points in, answers its questions, writes the logs.
 
 Every decision is the engine's (core/engine.py, core/watch.py, core/bpengine.py):
-which stop a hit is, what to read, how stops pair, what to watch next. Here a
-hit of a point calls engine.stop(point name, guest); the guest (guest.py)
-answers from gdb; the points the engine then wants are put in at the next
-real stop (runner.drive). With --stops every question and answer is written
-to a stream that core.engine.replay() runs again without gdb.
+which stop a hit is, what to read, how stops pair, what to watch next. A hit calls
+engine.stop(point name, guest), guest.py answers from gdb, and the points the engine
+then wants go in at the next real stop (runner.drive). With --stops every question
+and answer is written to a stream that core.engine.replay() runs without gdb.
 """
 
 from __future__ import annotations
@@ -71,12 +70,13 @@ class Checker:
     def set_injection(self, mode: str | None, header: bool = False) -> list[str]:
         """Start injecting `mode` (None: stop); what the previous injection restored."""
         old, gap = self.engine.injector, self._gap_patch(mode)
-        restored = old.restore(self.guest, (gdb.error,)) if old is not None else []
+        restored = old.restore(self.rec or self.guest, (gdb.error,)) if old is not None else []
         self.engine.injector = I.Injector(mode, gap) if mode else None
         if self.stops and header:
             self.stops.write(E.header(self.facts, self.mode, self.engine_kind, self.tracker.sample, mode, gap))
         elif self.stops:
-            self.stops.write({"at": "inject", "mode": mode, "gap_patch": E.gap_patch_to_json(gap)})
+            self.stops.write({"at": "inject", "mode": mode, "gap_patch": E.gap_patch_to_json(gap),
+                              "calls": self.rec.take()})
         return restored
 
     def _record(self, at: str) -> None:

@@ -212,3 +212,30 @@ def test_guest_panic_mid_run_ends_with_a_partial_report(vm_dir, tmp_path):
     events, _ = report.load_events(os.path.join(tmp_path, "events.jsonl"))
     assert len(events) == s["verified"] + s["other"]
     assert not pids_matching(str(tmp_path), "qemu-system-x86_64") and not pids_matching(str(tmp_path), "gdb")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("engine", ["watch", "breakpoints"])
+def test_a_recorded_stop_stream_replays_to_the_live_events(vm_dir, tmp_path, engine):
+    """--stops records what each engine decided from (issue 18): the stream of a live run,
+    replayed through core.engine without gdb, gives the events gdb logged, field for field."""
+    import json
+
+    from gdb_ftrace.core import engine as E
+    from gdb_ftrace.core import report
+
+    stops = tmp_path / "stops.jsonl"
+    p = start_check(vm_dir, tmp_path / "out", "--toggles", "5", "--engine", engine, "--stops", str(stops))
+    out, err = p.communicate(timeout=600)
+    assert summary(out)["status"] == "PASS", out + err
+    with open(stops) as f:
+        r = E.replay(json.loads(line) for line in f)
+    live, meta = report.load_events(str(tmp_path / "out" / "events.jsonl"))
+    assert meta["engine"] == engine and meta["armed"]["engine"] == engine
+    names = ("site_sym", "site_kind", "target_sym")
+    got = [{k: v for k, v in e.to_json().items() if k not in names} for e in r.tracker.events]
+    want = [{k: v for k, v in e.to_json().items() if k not in names} for e in live]
+    assert got == want and len(got) > 10
+    assert r.engine.stats() == meta["engine_stats"]
