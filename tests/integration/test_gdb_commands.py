@@ -117,8 +117,8 @@ def test_inject_patches_the_live_entry_and_off_restores_it(vm_dir, tmp_path):
     try:
         vmlinux = os.path.join(vm_dir, "vmlinux")
         # Where the entry's `jnz` is, from vmlinux (the guest has not booted yet).
-        probe = gdb(vmlinux, "python from gdb_ftrace.gdb_layer import kernel; from gdb_ftrace.core import inject; "
-                    "k = kernel.info(); p, r = inject.gap_branch(k.disassemble(k.int3_entry_name), k.read_text); "
+        probe = gdb(vmlinux, "python from gdb_ftrace.gdb_layer import kernel, symtab; from gdb_ftrace.core import inject; "
+                    "k = kernel.info(); p, r = inject.gap_branch(symtab.disassemble(k.int3_entry_name), symtab.read_text); "
                     "print('JNZ', hex(p.addr), r.data.hex())")
         m = re.search(r"JNZ (0x[0-9a-f]+) ([0-9a-f]+)", probe)
         assert m, probe
