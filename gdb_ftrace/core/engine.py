@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 from . import tracker as T
 from .errors import UserError
-from .facts import Guest, KernelFacts, need, try_u64
+from .facts import Guest, KernelFacts, need, try_u64, u64
 from .insn import MASK64
 from .layout import GAP_WORDS, PT_REGS_X86_64, decode_struct, u64s
 from .mode import CheckMode
@@ -221,7 +221,6 @@ class EngineBase:
     def __init__(self, facts: KernelFacts, mode: CheckMode, tracker: T.Tracker, injector=None) -> None:
         self.facts, self.mode, self.tracker, self.injector = facts, mode, tracker, injector
         self.fed: list | None = None  # set to a list to keep every tracker record (tests)
-        self.stops_at = stops(mode, self.engine)
 
     # the interface the gdb layer drives
     def arm(self, g: Guest) -> None:
@@ -281,7 +280,7 @@ class EngineBase:
     def kprobe_return(self, g: Guest) -> None:
         cpu = g.cpu()
         ev = self.tracker.unhandled_event(cpu)
-        ip = int.from_bytes(need(g, ev.regs_addr + IP_OFF, 8), "little") if ev is not None else None
+        ip = u64(g, ev.regs_addr + IP_OFF) if ev is not None else None
         self.feed(T.KprobeReturnStop(cpu, g.reg("rax"), ip))
 
     def landing_done(self, g: Guest, ev) -> tuple:
@@ -289,6 +288,12 @@ class EngineBase:
 
 
 # -- the stop stream -----------------------------------------------------------------
+def armed_record(facts: KernelFacts, mode: CheckMode, engine: Engine, inject: str | None) -> dict[str, Any]:
+    """What the event log's 'armed' record says (the driver reads it: the checker is in)."""
+    return {"handlers": [n for n, _ in facts.handlers], "returns": list(facts.returns), "mode": mode.value,
+            "engine": engine.value, "inject": inject}
+
+
 def gap_patch_to_json(gap_patch) -> list | None:
     return [dataclasses.asdict(w) | {"data": w.data.hex()} for w in gap_patch] if gap_patch else None
 
@@ -322,7 +327,7 @@ class Replay:
     wants_ok: int  # stops after which the engine wanted exactly what the live run wanted
 
 
-def replay(lines: Iterable[dict[str, Any]], handler_sink: Callable | None = None) -> Replay:
+def replay(lines: Iterable[dict[str, Any]]) -> Replay:
     """Run a stop stream (header line, then one line per stop) through its engine again.
     Raises ReplayMismatch when a stop asks what the live run did not, or wants other
     points after a stop than the live run put in."""
@@ -335,7 +340,7 @@ def replay(lines: Iterable[dict[str, Any]], handler_sink: Callable | None = None
     facts = KernelFacts.from_json(h["facts"])
     mode, engine = CheckMode(h["mode"]), Engine(h["engine"])
     gap = gap_patch_from_json(h.get("gap_patch"))
-    t = T.Tracker(mode, h.get("sample", 0), facts.handler_name, on_event=handler_sink)
+    t = T.Tracker(mode, h.get("sample", 0), facts.handler_name)
     e = make(facts, mode, engine, t, I.Injector(h["inject"], gap) if h.get("inject") else None)
     e.fed = []
     ok, live = 0, None

@@ -139,45 +139,6 @@ class DieStop:
 
 Stop = Union[Int3EntryStop, HandlerEntryStop, HandlerReturnStop, IretStop,
              KprobeReturnStop, DieStop, LostStop, LandingUnseenStop]
-STOP_KINDS: dict[str, type] = {
-    "int3_entry": Int3EntryStop, "handler_entry": HandlerEntryStop, "handler_return": HandlerReturnStop,
-    "iret": IretStop, "kprobe_return": KprobeReturnStop, "die": DieStop,
-    "lost": LostStop, "landing_unseen": LandingUnseenStop}
-_KIND_OF = {cls: kind for kind, cls in STOP_KINDS.items()}
-
-
-def stop_to_json(stop: Stop) -> dict[str, Any]:
-    d: dict[str, Any] = {"stop": _KIND_OF[type(stop)]}
-    for f in dataclasses.fields(stop):
-        v = getattr(stop, f.name)
-        if isinstance(v, bytes):
-            v = v.hex()
-        elif isinstance(v, Batch):
-            v = v.to_json()
-        elif f.name == "injected":
-            v = [i.to_json() for i in v]
-        elif isinstance(v, tuple):
-            v = list(v)
-        d[f.name] = v
-    return d
-
-
-def stop_from_json(d: dict[str, Any]) -> Stop:
-    d = dict(d)
-    cls = STOP_KINDS[d.pop("stop")]
-    for f in dataclasses.fields(cls):
-        if f.name not in d:
-            continue
-        v = d[f.name]
-        if f.name == "site_bytes":
-            d[f.name] = bytes.fromhex(v)
-        elif f.name == "batch":
-            d[f.name] = Batch.from_json(v)
-        elif f.name == "injected":
-            d[f.name] = tuple(Injection(**i) for i in v)
-        elif isinstance(v, list):
-            d[f.name] = tuple(v)
-    return cls(**d)
 
 
 def wants_stack_top(batch: Batch, site: int) -> bool:

@@ -22,7 +22,8 @@ breakpoint in kernel text while the kernel patches correctly:
 
 QEMU's x86 watchpoints stop after the accessing instruction. gdb changes
 breakpoints only at a real stop, so a stop that needs a watchpoint in or out is
-one (no cache flush either). The decisions at each stop are WatchEngine's, at the end of this file. A kernel int3 nobody handles ends in die("int3"):
+one (no cache flush either). The decisions at each stop are WatchEngine's, at
+the end of this file. A kernel int3 nobody handles ends in die("int3"):
 oops_enter is a read watchpoint on sysctl_oops_all_cpu_backtrace (a breakpoint
 where that variable is missing), and kprobe's return is a breakpoint put in
 only while an int3 whose handler returned 0 waits for it.

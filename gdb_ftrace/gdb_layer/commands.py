@@ -232,8 +232,7 @@ class Arm(_Sub):
         checker.active = c
         k, where = c.kinfo, E.stops(args.mode, c.engine_kind)
         if log:
-            log.armed(handlers=[n for n, _ in k.handlers], returns=[r for _, r in k.returns],
-                      mode=args.mode.value, engine=c.engine_kind.value, inject=None)
+            log.armed(**E.armed_record(c.facts, args.mode, c.engine_kind, None))
         gdb.write(f"ftrace-int3: armed ({args.mode}) on {k.handler_name} ({k.handler:#x}) and "
                   f"{len(k.returns)} return point(s); batch from {k.desc_name}"
                   + (f"; events -> {args.json}" if args.json else "") + "\n")

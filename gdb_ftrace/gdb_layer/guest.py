@@ -7,6 +7,7 @@ import time
 
 import gdb
 
+from ..core.insn import MASK64
 from . import mem, symbols
 
 
@@ -36,11 +37,11 @@ class GdbGuest:
         if frame is None:
             return None
         try:
-            regs = int(frame.read_var("regs")) & mem.MASK64
+            regs = int(frame.read_var("regs")) & MASK64
         except (gdb.error, ValueError):
             regs = None
         older = frame.older()
-        return frame.name() or "", regs, (int(older.read_register("rsp")) & mem.MASK64) if older is not None else None
+        return frame.name() or "", regs, (int(older.read_register("rsp")) & MASK64) if older is not None else None
 
     def frame_names(self, depth: int) -> list[str]:
         out, frame = [], gdb.selected_frame()
@@ -57,7 +58,7 @@ class GdbGuest:
                 return None
             if frame.name() == "die":
                 try:
-                    return frame.read_var("str").string(length=8), int(frame.read_var("regs")) & mem.MASK64
+                    return frame.read_var("str").string(length=8), int(frame.read_var("regs")) & MASK64
                 except (gdb.error, ValueError, UnicodeDecodeError):
                     return None
         return None

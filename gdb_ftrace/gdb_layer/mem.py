@@ -6,7 +6,8 @@ import time
 
 import gdb
 
-MASK64 = 0xFFFFFFFFFFFFFFFF
+from ..core.insn import MASK64
+
 # Guest reads so far and the time they took: each is one remote round trip (make bench's breakdown).
 stats = {"reads": 0, "read_s": 0.0}
 

@@ -241,8 +241,7 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             c.arm()
             checker.active = c
             f = c.facts
-            log.armed(handlers=[n for n, _ in f.handlers], returns=list(f.returns), mode=mode.value,
-                      engine=c.engine_kind.value, inject=inject)
+            log.armed(**E.armed_record(f, mode, c.engine_kind, inject))
             _say(f"armed on {', '.join(n for n, _ in f.handlers)} (mode {mode}"
                  + (f", injecting {inject}" if inject else "") + "); returns at "
                  + ", ".join(f"{r:#x}" for r in f.returns))
