@@ -21,11 +21,14 @@ SAMPLE   ?=
 INJECT   ?=
 KTAP     ?=
 JUNIT    ?=
+HOLD     ?=
+HOLD_SITES ?=
 
 CHECK_ARGS = --scenario '$(SCENARIO)' $(if $(TOGGLES),--toggles '$(TOGGLES)') --accel '$(ACCEL)' $(if $(MODE),--mode '$(MODE)') \
 	--kaslr '$(KASLR)' --engine '$(ENGINE)' $(if $(TIMEOUT),--timeout '$(TIMEOUT)') \
 	$(if $(SAMPLE),--sample '$(SAMPLE)') $(if $(INJECT),--inject '$(INJECT)') $(if $(JSON),--json '$(JSON)') \
-	$(if $(KTAP),--ktap '$(abspath $(KTAP))') $(if $(JUNIT),--junit '$(abspath $(JUNIT))')
+	$(if $(KTAP),--ktap '$(abspath $(KTAP))') $(if $(JUNIT),--junit '$(abspath $(JUNIT))') \
+	$(if $(HOLD),--hold '$(HOLD)') $(if $(HOLD_SITES),--hold-sites '$(HOLD_SITES)')
 
 RUNS     ?= 10
 
@@ -39,7 +42,7 @@ help:
 	@echo "  make soak    the check RUNS=$(RUNS) times in a row, one line per run"
 	@echo "  make matrix  the check on one kernel of each era (v5.4 from KSRC or ../shared/kernels, 5.10, 6.1, 6.12, 7.x)"
 	@echo "  make unit-test | integration-test"
-	@echo "variables: KERNEL KSRC SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) ENGINE=$(ENGINE) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault> KTAP=<file> JUNIT=<file>"
+	@echo "variables: KERNEL KSRC SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) ENGINE=$(ENGINE) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault> KTAP=<file> JUNIT=<file> HOLD=<ms> HOLD_SITES=<func,...>"
 
 setup:
 	@scripts/setup-host

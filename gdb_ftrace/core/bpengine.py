@@ -25,7 +25,7 @@ from .verdict import IRET_FRAME
 class BreakpointEngine(EngineBase):
     engine = Engine.BREAKPOINTS
 
-    def wants(self) -> frozenset[Point]:
+    def points(self) -> frozenset[Point]:
         f, t, m = self.facts, self.tracker, self.mode
         want = {Point("handler", a) for _, a in f.handlers}
         want.update(Point("return", r) for r in f.returns)
@@ -38,7 +38,7 @@ class BreakpointEngine(EngineBase):
             want.add(Point("iret", f.iret))
         return frozenset(want)
 
-    def stop(self, at: str, g) -> None:
+    def on_stop(self, at: str, g) -> None:
         t = self.tracker
         if at == "handler":
             self.feed(self.read_handler_entry(g, self.facts.handler_at(g.reg("rip")) or self.facts.handler_name))

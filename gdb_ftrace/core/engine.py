@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 from . import tracker as T
 from .errors import UserError
 from .facts import Guest, KernelFacts, need, try_u64, u64
+from .hold import Hold, HoldConfig
 from .insn import MASK64
 from .layout import GAP_WORDS, PT_REGS_X86_64, decode_struct, u64s
 from .mode import CheckMode
@@ -218,19 +219,32 @@ class EngineBase:
 
     engine: Engine
 
-    def __init__(self, facts: KernelFacts, mode: CheckMode, tracker: T.Tracker, injector=None) -> None:
+    def __init__(self, facts: KernelFacts, mode: CheckMode, tracker: T.Tracker, injector=None,
+                 hold: "HoldConfig | None" = None) -> None:
         self.facts, self.mode, self.tracker, self.injector = facts, mode, tracker, injector
         self.fed: list | None = None  # set to a list to keep every tracker record (tests)
+        self.hold = Hold(facts, hold) if hold is not None and facts.hold else None
 
     # the interface the gdb layer drives
     def arm(self, g: Guest) -> None:
         """Reads needed once before the first stop."""
 
     def wants(self) -> frozenset[Point]:
-        raise NotImplementedError
+        """The engine's points, and the hold's (core/hold.py) when one is configured."""
+        return self.points() | frozenset(self.hold.wants()) if self.hold is not None else self.points()
 
     def stop(self, at: str, g: Guest) -> None:
+        if self.hold is None or not self.hold.stop(at, g, self.engine is Engine.WATCH):
+            self.on_stop(at, g)
+
+    def points(self) -> frozenset[Point]:
         raise NotImplementedError
+
+    def on_stop(self, at: str, g: Guest) -> None:
+        raise NotImplementedError
+
+    def coverage(self) -> dict[str, Any] | None:
+        return self.hold.coverage() if self.hold is not None else None
 
     def stats(self) -> dict[str, int] | None:
         return None
@@ -240,6 +254,8 @@ class EngineBase:
         if self.fed is not None:
             self.fed.append(rec)
         self.tracker.feed(rec)
+        if self.hold is not None and isinstance(rec, T.HandlerEntryStop) and not rec.seen_at:
+            self.hold.saw(rec.cpu, (rec.regs["ip"] - 1) & MASK64, rec.time_s)
 
     def _done(self, inj) -> tuple:
         return (inj,) if inj else ()
@@ -305,18 +321,20 @@ def gap_patch_from_json(d) -> tuple | None:
 
 
 def header(facts: KernelFacts, mode: CheckMode, engine: Engine, sample: int, inject: str | None,
-           gap_patch=None) -> dict[str, Any]:
+           gap_patch=None, hold: HoldConfig | None = None) -> dict[str, Any]:
     """The stop stream's first line: everything replay() needs besides the stops."""
     return {"stream": "raw", "facts": facts.to_json(), "mode": mode.value, "engine": engine.value,
-            "sample": sample, "inject": inject, "gap_patch": gap_patch_to_json(gap_patch)}
+            "sample": sample, "inject": inject, "gap_patch": gap_patch_to_json(gap_patch),
+            "hold": hold.to_json() if hold is not None else None}
 
 
-def make(facts: KernelFacts, mode: CheckMode, engine: Engine, tracker: T.Tracker, injector=None) -> EngineBase:
+def make(facts: KernelFacts, mode: CheckMode, engine: Engine, tracker: T.Tracker, injector=None,
+         hold: HoldConfig | None = None) -> EngineBase:
     if engine is Engine.WATCH:
         from .watch import WatchEngine
-        return WatchEngine(facts, mode, tracker, injector)
+        return WatchEngine(facts, mode, tracker, injector, hold)
     from .bpengine import BreakpointEngine
-    return BreakpointEngine(facts, mode, tracker, injector)
+    return BreakpointEngine(facts, mode, tracker, injector, hold)
 
 
 @dataclasses.dataclass
@@ -341,7 +359,8 @@ def replay(lines: Iterable[dict[str, Any]]) -> Replay:
     mode, engine = CheckMode(h["mode"]), Engine(h["engine"])
     gap = gap_patch_from_json(h.get("gap_patch"))
     t = T.Tracker(mode, h.get("sample", 0), facts.handler_name)
-    e = make(facts, mode, engine, t, I.Injector(h["inject"], gap) if h.get("inject") else None)
+    e = make(facts, mode, engine, t, I.Injector(h["inject"], gap) if h.get("inject") else None,
+             HoldConfig.from_json(h.get("hold")))
     e.fed = []
     ok, live = 0, None
     for rec in it:
@@ -352,6 +371,8 @@ def replay(lines: Iterable[dict[str, Any]]) -> Replay:
         elif at == "close":
             if e.injector is not None:
                 e.injector.restore(g)
+            if e.hold is not None:
+                e.hold.close(g)
             continue
         elif at == "inject":  # `ftrace-int3 inject MODE|off` during the run
             if e.injector is not None:

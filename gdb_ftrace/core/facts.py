@@ -95,6 +95,9 @@ class KernelFacts:
     handler_range: tuple[int, int] = (0, 0)
     exit_ranges: tuple[tuple[int, int], ...] = ()
     handler_code: tuple[tuple[int, int, str], ...] = ()  # the handler's instructions naming data
+    # The hold (core/hold.py): point [addr, kind, size], range [lo, hi), sites_from, csq,
+    # per_cpu_offset, locks; None where this era has no hold point.
+    hold: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -364,3 +364,27 @@ def load_events(path: str) -> tuple[list[Int3Event], dict]:
     for ev in opened.values():
         events.append(finalize(ev))
     return events, meta
+
+
+def coverage_line(cov: dict | None) -> str:
+    """The coverage (core.hold.coverage) in one line: what the int3 windows of the run hit."""
+    if not cov:
+        return ""
+    parts = [f"{cov['batches']} batches with live int3s, {cov['batches_hit']} with an int3 taken"]
+    for name, s in cov["hold_sites"].items():
+        parts.append(f"{name}: an int3 in {s['hit']}/{s['batches']} batches that patched it")
+    if cov["sites_known"]:
+        parts.append(f"sites: {cov['sites_hit']}/{cov['sites']} patched took one"
+                     + (f" (unhit: {', '.join(cov['unhit'])})" if cov["unhit"] else ""))
+    if cov["hold_ms"]:
+        ends = ", ".join(f"{k} {v}" for k, v in sorted(cov["ends"].items()))
+        parts.append(f"held {cov['held']} batches up to {cov['hold_ms']} ms, {cov['held_ms']:g} ms in all"
+                     + (f" (ended: {ends})" if ends else ""))
+    else:
+        parts.append("no hold (HOLD=ms holds each batch open)")
+    line = "coverage: " + "; ".join(parts)
+    if cov.get("bound_unhit_n"):
+        b = cov["bound_unhit"][0]
+        line += (f"\nhold: {cov['bound_unhit_n']} held batches ended at a bound with a hold site not hit "
+                 f"(first: batch {b['n']} at {b['t']:g} s, {', '.join(b['unhit'])}: no other vCPU ran into it)")
+    return line

@@ -103,8 +103,10 @@ def run_cases(summary: Summary, guest: GuestResult | None, run_problems: Iterabl
 
 
 def all_cases(events: list[Int3Event], summary: Summary, guest: GuestResult | None,
-              run_problems: Iterable[str] = (), checker_errors: Iterable[str] = ()) -> list[Case]:
-    return site_cases(events) + run_cases(summary, guest, run_problems, checker_errors)
+              run_problems: Iterable[str] = (), checker_errors: Iterable[str] = (), coverage: str = "") -> list[Case]:
+    """coverage: report.coverage_line, a case of its own that informs (what the int3 windows hit)."""
+    cov = [Case("int3 coverage", True, coverage.splitlines(), group="run")] if coverage else []
+    return site_cases(events) + run_cases(summary, guest, run_problems, checker_errors) + cov
 
 
 def ktap(cases: list[Case], header: Iterable[str] = (), indent: str = "", subtest: str = "") -> list[str]:

@@ -238,8 +238,8 @@ class WatchEngine(EngineBase):
 
     engine = Engine.WATCH
 
-    def __init__(self, facts, mode, tracker, injector=None) -> None:
-        super().__init__(facts, mode, tracker, injector)
+    def __init__(self, facts, mode, tracker, injector=None, hold=None) -> None:
+        super().__init__(facts, mode, tracker, injector, hold)
         self.st = WatchStats()
         self.places: Places | None = None
         self._static: frozenset[Point] = frozenset()
@@ -274,7 +274,7 @@ class WatchEngine(EngineBase):
             points.add(Point("oops", f.die))
         self._static = frozenset(points)
 
-    def wants(self) -> frozenset[Point]:
+    def points(self) -> frozenset[Point]:
         """The static points, each open handler call's return slot, each emulated int3's
         regs->cs until its landing is read, kprobe's return while an int3 waits for it."""
         t = self.tracker
@@ -292,7 +292,7 @@ class WatchEngine(EngineBase):
     def stats(self) -> dict[str, int]:
         return self.st.to_json()
 
-    def stop(self, at: str, g) -> None:
+    def on_stop(self, at: str, g) -> None:
         if at == "kprobe":
             self.kprobe_return(g)
         elif at == "percpu":  # the per-CPU offsets were written: the per-CPU words move there

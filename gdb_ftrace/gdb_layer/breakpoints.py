@@ -11,6 +11,7 @@ checker bug) never stops the guest: it is kept in `errors` and printed.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import traceback
 from typing import Callable
@@ -23,7 +24,7 @@ MAX_ERRORS = 50
 class _Bp(gdb.Breakpoint):
     def __init__(self, point, callback: Callable[[], bool]) -> None:
         if point.kind in ("read", "write"):  # QEMU stops after the access: no translation-cache flush
-            kind = {4: "int", 8: "long"}[point.size]
+            kind = {1: "char", 4: "int", 8: "long"}[point.size]
             super().__init__(f"*(unsigned {kind} *){point.addr:#x}", type=gdb.BP_WATCHPOINT,
                              wp_class=gdb.WP_READ if point.kind == "read" else gdb.WP_WRITE, internal=True)
         else:
@@ -32,6 +33,54 @@ class _Bp(gdb.Breakpoint):
 
     def stop(self) -> bool:
         return bool(self._callback())
+
+
+def post_interrupt() -> None:
+    """Interrupt the guest from any thread (gdb's `interrupt`, run in gdb's own thread)."""
+    def fire() -> None:
+        try:
+            gdb.execute("interrupt", to_string=True)
+        except gdb.error:
+            pass
+    gdb.post_event(fire)
+
+
+class _RunOnly:
+    """A "run" point (a hold, core/hold.py): only vCPU point.addr runs, the others stay
+    stopped. gdb's scheduler-locking resumes only the selected thread (vCont;c:p1.N);
+    QEMU is told that thread is its continue thread too (Hc), or an interrupt reports the
+    held vCPU, which gdb thinks was never resumed (an internal error in gdb 13). From
+    point.size ms on, gdb is interrupted every 0.1 s (one that lands in a step-over is
+    dropped) and each interrupt is the engine's "hold-tick" stop."""
+
+    def __init__(self, point, bps: "BreakpointSet") -> None:
+        self.bps, self.live = bps, True
+        thread = next(t for t in gdb.selected_inferior().threads() if t.num - 1 == point.addr)
+        thread.switch()
+        gdb.execute(f"maint packet Hcp{thread.ptid[0]:x}.{thread.ptid[1]:x}", to_string=True)
+        gdb.execute("set scheduler-locking on", to_string=True)
+        self._timer(point.size / 1000.0)
+
+    def _timer(self, delay: float) -> None:
+        self.t = threading.Timer(delay, self._fire)
+        self.t.daemon = True
+        self.t.start()
+
+    def _fire(self) -> None:
+        if not self.live:
+            return
+        self.bps.tick = True
+        post_interrupt()
+        self._timer(0.1)
+
+    def is_valid(self) -> bool:
+        return self.live
+
+    def delete(self) -> None:
+        self.live = False
+        self.t.cancel()
+        self.bps.tick = False
+        gdb.execute("set scheduler-locking replay", to_string=True)
 
 
 class BreakpointSet:
@@ -45,6 +94,7 @@ class BreakpointSet:
         self.callback_s = 0.0  # time in the callbacks (reading the guest, the engine): the checker's own part
         self._in: dict = {}  # Point -> _Bp in the guest
         self._parked: dict = {}  # breakpoints taken out, kept disabled: enabling one is cheaper than a new one
+        self.tick = False  # a hold's time bound interrupted gdb (_RunOnly)
 
     @property
     def current(self) -> frozenset:
@@ -92,6 +142,8 @@ class BreakpointSet:
             bp = self._parked.pop(p, None)
             if bp is not None and bp.is_valid():
                 bp.enabled = True
+            elif p.kind == "run":
+                bp = _RunOnly(p, self)
             else:
                 bp = _Bp(p, self._guard(p.at))
             self._in[p] = bp

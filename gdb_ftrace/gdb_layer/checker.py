@@ -17,17 +17,17 @@ from ..core import engine as E
 from ..core import inject as I
 from ..core import report
 from ..core import tracker as T
-from ..core.errors import UserError
 from ..core.eventlog import EventLog, JsonLines
 from ..core.mode import CheckMode
-from . import kernel, mem, symbols, symtab
+from . import kernel, mem, symbols
 from .breakpoints import BreakpointSet
 from .guest import GdbGuest
 
 
 class Checker:
     def __init__(self, mode: CheckMode, log: EventLog | None = None, echo: bool = False, sample: int = 0,
-                 inject: str | None = None, stops_path: str | None = None, engine: str = E.DEFAULT.value) -> None:
+                 inject: str | None = None, stops_path: str | None = None, engine: str = E.DEFAULT.value,
+                 hold: "E.HoldConfig | None" = None) -> None:
         self.kinfo = k = kernel.info()
         self.facts = f = k.facts()
         self.engine_kind, self.engine_note = E.resolve(engine, f)
@@ -38,7 +38,7 @@ class Checker:
                                  on_open=log and log.handler_entry, on_followup=log and log.followup)
         self.guest = GdbGuest()
         self.rec = E.Recorder(self.guest) if stops_path else None
-        self.engine = E.make(f, mode, self.engine_kind, self.tracker)
+        self.engine, self.hold = E.make(f, mode, self.engine_kind, self.tracker, hold=hold), hold
         self.bps = BreakpointSet(self.stop)  # bps.errors: exceptions in the stop callbacks (checker bugs)
         self.stops = JsonLines(stops_path) if stops_path else None
         self._n, self._wants = 0, None
@@ -56,24 +56,13 @@ class Checker:
     injector = property(lambda self: self.engine.injector)
     watch = property(lambda self: self.engine_kind is E.Engine.WATCH)
 
-    def _gap_patch(self, mode: str | None):
-        k = self.kinfo
-        if mode != "no-gap":
-            return None
-        if k.int3_entry is None:
-            raise UserError("INJECT=no-gap needs the int3 entry (asm_exc_int3 / int3) in the symbols")
-        try:  # the entry's bytes from vmlinux: the guest may not have booted yet
-            return I.gap_branch(symtab.disassemble(k.int3_entry_name), symtab.read_text)
-        except ValueError as e:
-            raise UserError(f"INJECT=no-gap: {e}") from None
-
     def set_injection(self, mode: str | None, header: bool = False) -> list[str]:
         """Start injecting `mode` (None: stop); what the previous injection restored."""
-        old, gap = self.engine.injector, self._gap_patch(mode)
+        old, gap = self.engine.injector, self.kinfo.gap_patch(mode)
         restored = old.restore(self.rec or self.guest, (gdb.error,)) if old is not None else []
         self.engine.injector = I.Injector(mode, gap) if mode else None
         if self.stops and header:
-            self.stops.write(E.header(self.facts, self.mode, self.engine_kind, self.tracker.sample, mode, gap))
+            self.stops.write(E.header(self.facts, self.mode, self.engine_kind, self.tracker.sample, mode, gap, self.hold))
         elif self.stops:
             self.stops.write({"at": "inject", "mode": mode, "gap_patch": E.gap_patch_to_json(gap),
                               "calls": self.rec.take()})
@@ -104,8 +93,7 @@ class Checker:
         return self.bps.sync(self.engine.wants())
 
     def stray_trap(self) -> bool:
-        """A SIGTRAP gdb matched to no point of its own: with the watch engine a hit QEMU reported
-        under an address no watchpoint has any more, read as a watchpoint stop (True)."""
+        """A SIGTRAP gdb matched to no point: the watch engine reads it as a watchpoint stop."""
         if not self.watch:
             return False
         self.stop("stray")
@@ -121,6 +109,8 @@ class Checker:
             restored = self.engine.injector.restore(g, (gdb.error,)) if self.engine.injector is not None else []
         except gdb.error as e:  # the target is gone: nothing left to restore
             restored = [f"not restored: {e}"]
+        if self.engine.hold is not None:
+            self.engine.hold.close(g)
         if self.stops:
             self._record("close")
         self.bps.delete_all()
@@ -132,7 +122,8 @@ class Checker:
                           stops={"hits": self.bps.hits, "real": self.bps.real_stops,
                                  "callback_s": round(self.bps.callback_s, 3),
                                  "reads": mem.stats["reads"], "read_s": round(mem.stats["read_s"], 3)},
-                          injected=inj.describe() if inj else None, stats=self.tracker.stats.to_json())
+                          injected=inj.describe() if inj else None, stats=self.tracker.stats.to_json(),
+                          coverage=symbols.name_coverage(self.engine.coverage()))
             self.log.close()
         if self.stops:
             self.stops.close()

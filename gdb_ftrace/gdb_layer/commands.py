@@ -20,7 +20,7 @@ from ..core import mode as check_mode
 from ..core import report, style
 from ..core.cli import DefaultsHelpFormatter
 from ..core.errors import UserError
-from . import checker, kernel
+from . import checker, kernel, symbols
 
 
 class _HelpShown(Exception):
@@ -76,6 +76,13 @@ def _add_mode(p: argparse.ArgumentParser) -> None:
                    help="watch: read watchpoints only (v5.6+; older kernels fall back to breakpoints and say "
                         "so); breakpoints: on the handler, its returns, the int3 entry (mode full) and the "
                         "iretq, several times dearer per int3 on QEMU < 10.2 (docs/cost.md)")
+    p.add_argument("--hold", type=_non_negative, default=0, metavar="MS",
+                   help="keep the patching vCPU stopped for up to MS ms once a batch's int3s are live (after "
+                        "its first sync) while the other vCPU runs into them; ends early when every hold site "
+                        "of the batch took an int3, or when the other vCPU waits on the held one (docs/hold.md)")
+    p.add_argument("--hold-sites", default="", metavar="FUNC,...",
+                   help="the functions whose batches are held and whose int3s the coverage counts "
+                        "(default with --hold: every batch is held to its bound)")
 
 
 MODES_EPILOG = "modes and engines (where the checker stops):\n" + "\n".join(
@@ -225,7 +232,8 @@ class Arm(_Sub):
         try:
             log = EventLog(args.json) if args.json else None
             c = checker.Checker(args.mode, log=log, echo=args.echo, sample=args.sample,
-                                stops_path=args.stops, engine=args.engine)
+                                stops_path=args.stops, engine=args.engine,
+                                hold=symbols.hold_config(args.hold, args.hold_sites))
         except OSError as e:
             raise UserError(f"cannot open the log: {e}") from None
         c.arm()
@@ -471,7 +479,7 @@ class Check(_Sub):
         runner.run(args.target, args.json, args.mode, connect_timeout=args.connect_timeout, arm=args.arm,
                    sample=args.sample, inject=args.inject, stops_path=args.stops, bare=args.bare_breakpoint,
                    wait_kernel=args.wait_kernel, duration=args.duration, detach=args.detach,
-                   stop_file=args.stop_file, engine=args.engine)
+                   stop_file=args.stop_file, engine=args.engine, hold=args)
 
 
 SUBCOMMANDS = (Info, Arm, Run, Status, Inject, Disarm, Report, Show, Check)

@@ -23,11 +23,12 @@ from ..core.batch import SINGLE_SITE, DescLayout, documented, era_name
 from ..core.disasm import call_return_sites
 from ..core.errors import UserError
 from ..core.facts import FTRACE_HANDLER, KernelFacts
+from ..core.inject import gap_branch
 from ..core.layout import PT_REGS_X86_64, StructLayout
 from .cache import per_objfile
 from .slide import INT3_ENTRIES
-from .symtab import (data_symbol_address, disassemble, file_bytes, function_range, lookup_struct, struct_layout,
-                     symbol_address)
+from .symtab import (data_symbol_address, disassemble, file_bytes, function_range, lookup_struct, read_text,
+                     struct_layout, symbol_address)
 
 NO_DWARF = ("no: pt_regs, the batch descriptor and text_poke_loc from the era's documented layouts; "
             "unavailable: which sites are ftrace's, ftrace_ops trampoline owners, module symbol names")
@@ -253,6 +254,32 @@ class KernelInfo:
                 "int3_entry": [self.int3_entry_name, self.int3_entry], "iret": self.iret, "dwarf": self.dwarf,
                 "watch_word": None if self.no_watch else self.watch_word()[0], "no_watch": self.no_watch}
 
+    def gap_patch(self, mode: str | None):
+        """INJECT=no-gap: the writes that make the int3 entry skip its gap (core.inject.gap_branch)."""
+        k = self
+        if mode != "no-gap":
+            return None
+        if k.int3_entry is None:
+            raise UserError("INJECT=no-gap needs the int3 entry (asm_exc_int3 / int3) in the symbols")
+        try:  # the entry's bytes from vmlinux: the guest may not have booted yet
+            return gap_branch(disassemble(k.int3_entry_name), read_text)
+        except ValueError as e:
+            raise UserError(f"INJECT=no-gap: {e}") from None
+
+    def hold_facts(self) -> tuple[dict | None, str]:
+        """The hold point's raw inputs from the symbols; core.hold.hold_facts decides."""
+        from ..core.hold import HOLD_FUNCS, hold_facts
+
+        ftrace_path = self.ftrace_handler is not None
+        fn = next((symbol_address(n) for n in HOLD_FUNCS if symbol_address(n) is not None), None)
+        old = self.loc.fields["old"].offset if self.loc is not None and "old" in self.loc.fields else None
+        return hold_facts(ftrace_path=ftrace_path,
+                          replace_code=disassemble("ftrace_replace_code") if ftrace_path else None,
+                          desc=self.desc, desc_addr=self.desc_addr, loc_old=old, tp_vec=data_symbol_address("tp_vec"),
+                          func_range=function_range(fn) if fn else None, csq=data_symbol_address("call_single_queue"),
+                          per_cpu_offset=symbol_address("__per_cpu_offset"),
+                          locks=[data_symbol_address(n) for n in ("text_mutex", "ftrace_lock")])
+
     def facts(self) -> KernelFacts:
         """What the engines need (core/facts.py), at the addresses gdb's symbols have now."""
         lo, hi = self.handler_range()
@@ -270,7 +297,8 @@ class KernelInfo:
             single_site=self.single_site, percpu_refs=self.percpu_refs, per_cpu_offset=self.per_cpu_offset,
             ftrace=ftrace, int3_entry=self.int3_entry, iret=self.iret, die=self.die, die_name=self.die_name or "",
             oops_word=data_symbol_address(OOPS_WORD), no_watch=self.no_watch, watch_word=word, watch_size=size,
-            handler_range=(lo, hi), exit_ranges=tuple(self.exit_ranges()), handler_code=code)
+            handler_range=(lo, hi), exit_ranges=tuple(self.exit_ranges()), handler_code=code,
+            hold=self.hold_facts()[0])
 
 
 @per_objfile

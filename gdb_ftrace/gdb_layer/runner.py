@@ -23,7 +23,8 @@ from ..core import engine as E
 from ..core.errors import UserError
 from ..core.eventlog import EventLog
 from ..core.mode import CheckMode
-from . import checker, kernel, slide
+from . import checker, kernel, slide, symbols
+from .breakpoints import post_interrupt as _post_interrupt
 
 
 def _say(msg: str) -> None:
@@ -48,15 +49,6 @@ def connect(target: str, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise UserError(f"cannot connect to the gdbstub at {target}: {e}") from None
             time.sleep(0.2)
-
-
-def _post_interrupt() -> None:
-    def fire() -> None:
-        try:
-            gdb.execute("interrupt", to_string=True)
-        except gdb.error:
-            pass
-    gdb.post_event(fire)
 
 
 def _run_for(seconds: float) -> None:
@@ -181,6 +173,11 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
                 return "guest exited"
             if deadline is not None and deadline.fired:
                 return deadline.why
+            if c is not None and c.bps.tick and _sigint[0]:  # a hold's bound, not the user
+                _sigint[0] = c.bps.tick = False
+                c.stop("hold-tick")
+                c.sync()
+                continue
             if _sigint[0] or (c is not None and c.bps.interrupted):
                 return INTERRUPTED
             if c is not None and _sigtrap[0] and c.stray_trap():
@@ -202,7 +199,7 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
 def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 30.0, arm: bool = True,
         sample: int = 0, inject: str | None = None, stops_path: str | None = None, bare: bool = False,
         wait_kernel: bool = False, duration: float | None = None, detach: bool = False,
-        stop_file: str | None = None, engine: str = E.DEFAULT.value) -> None:
+        stop_file: str | None = None, engine: str = E.DEFAULT.value, hold=None) -> None:
     """arm=False only attaches (no breakpoint), bare=True adds one Python breakpoint on the
     handler that does nothing: the baselines of scripts/bench-stops. wait_kernel: the
     guest is held at reset and boots with KASLR: run it until its kernel is up, then
@@ -237,7 +234,8 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             bare_bp = _BareBreakpoint(f"*{kernel.info().handler:#x}", internal=True)
             _say(f"bare breakpoint on {kernel.info().handler_name}")
         if arm:
-            c = checker.Checker(mode, log=log, sample=sample, inject=inject, stops_path=stops_path, engine=engine)
+            c = checker.Checker(mode, log=log, sample=sample, inject=inject, stops_path=stops_path, engine=engine,
+                                hold=symbols.hold_config(hold.hold, hold.hold_sites) if hold is not None else None)
             c.arm()
             checker.active = c
             f = c.facts
@@ -248,6 +246,8 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
             if not f.dwarf:
                 _say(f"vmlinux has no DWARF: {kernel.NO_DWARF[4:]}")
             _say(f"engine: {c.describe_engine()}")
+            if c.hold is not None:
+                _say(c.engine.hold.describe() if c.engine.hold else f"no hold here: {c.kinfo.hold_facts()[1]}")
         deadline = _Ender(c, duration, stop_file)
         if duration:
             _say(f"running for {duration:g} s")

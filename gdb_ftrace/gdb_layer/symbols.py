@@ -9,10 +9,11 @@ import time
 import gdb
 
 from ..core import sites, targets
+from ..core.errors import UserError
 from ..core.insn import MASK64
 from . import mem
 from .cache import per_objfile
-from .symtab import lookup_struct, struct_layout, symbol_address
+from .symtab import lookup_struct, read_text, struct_layout, symbol_address
 
 _INFO = re.compile(r"^(\S+)(?: \+ (\d+))? in section (\S+)")
 
@@ -258,3 +259,31 @@ def name_event(ev) -> None:
         ev.site_kind = "int3 self-test"
     if ev.expected and ev.expected.target is not None:
         ev.target_sym = name_target(ev.expected.target)
+
+
+def name_coverage(cov: dict | None) -> dict | None:
+    """The coverage (core.hold.coverage) with its unhit sites named: function+offset."""
+    if cov is not None:
+        cov["unhit"] = [f"{vmlinux_symbol(int(a, 16)) or a}" for a in cov["unhit"]]
+    return cov
+
+
+def hold_sites(names: list[str]) -> tuple[tuple[int, str], ...]:
+    """The fentry site of each function named (core.hold.fentry_site, from vmlinux's bytes)."""
+    from ..core.hold import fentry_site
+
+    out = []
+    for name in names:
+        addr = symbol_address(name)
+        if addr is None:
+            raise UserError(f"--hold-sites: no function {name!r} in the symbols")
+        out.append((fentry_site(addr, read_text(addr, 4)), name))
+    return tuple(out)
+
+
+def hold_config(ms: int, sites: str):
+    """--hold / --hold-sites as the engine's core.hold.HoldConfig (None: neither given)."""
+    from ..core.hold import HoldConfig
+
+    names = [n for n in sites.split(",") if n]
+    return HoldConfig(ms, hold_sites(names)) if ms or names else None

@@ -1,11 +1,13 @@
 # Scenario livepatch-trace: the seed's case.
 #
-# Load the livepatch of cmdline_proc_show and wait for its transition. On
-# CPU1 read /proc/cmdline in a loop and count reads that are not the patched
-# text. On CPU0 restrict the function tracer to cmdline_proc_show and toggle
+# On CPU1 read /proc/cmdline in a loop (from before the livepatch loads, so
+# that its batch has a reader too: HOLD), load the livepatch of
+# cmdline_proc_show, wait for its transition, then count reads that are not
+# the patched text. On CPU0 restrict the function tracer to cmdline_proc_show and toggle
 # current_tracer function/nop $TOGGLES times, so ftrace re-patches the
 # livepatched call site (livepatch trampoline <-> ftrace_caller) while CPU1
 # keeps running into it.
+# check: hold_sites=cmdline_proc_show
 MARKER=gdb_ftrace-livepatched-cmdline
 LP=gdb_ftrace_lp
 
@@ -24,6 +26,7 @@ load_livepatch() {
 	read -r after </proc/cmdline
 	[ "$after" = "$MARKER" ] || { say "ERROR livepatch loaded but /proc/cmdline reads '$after'"; return 1; }
 	say "LIVEPATCH enabled=$(cat /sys/kernel/livepatch/$LP/enabled) transition=done"
+	touch /tmp/count
 }
 
 start_reader() {
@@ -50,8 +53,8 @@ stop_reader() {
 }
 
 run_scenario() {
-	load_livepatch || return 1
 	start_reader || return 1
+	load_livepatch || return 1
 	echo cmdline_proc_show >$TRACING/set_ftrace_filter || return 1
 	toggle_tracer || return 1
 	echo >$TRACING/set_ftrace_filter

@@ -10,8 +10,8 @@
 . /scenarios/livepatch-trace.sh
 
 run_scenario() {
-	load_livepatch || return 1
 	start_reader || return 1
+	load_livepatch || return 1
 	echo cmdline_proc_show >$TRACING/set_ftrace_filter || return 1
 	toggle_tracer || return 1
 	say "CRASHING on purpose (echo c > /proc/sysrq-trigger)"

@@ -13,8 +13,8 @@
 . /scenarios/livepatch-trace.sh
 
 run_scenario() {
-	load_livepatch || return 1
 	start_reader || return 1
+	load_livepatch || return 1
 	echo >$TRACING/set_ftrace_filter || return 1
 	say "SITES $(wc -l <$TRACING/available_filter_functions) traceable functions"
 	toggle_tracer || return 1
