@@ -6,7 +6,8 @@ time bound into a stop ("hold-tick"). docs/hold.md says why each rule is what it
 
 At the hold point (KernelFacts.hold: the first instruction that reads the batch after its
 first sync, per era) every site of the batch has its int3 and the other vCPUs have synced.
-A batch is held when it patches a hold site (HoldConfig.sites; none given: every batch).
+A batch is held when it patches a hold site (HoldConfig.sites; none given: every batch,
+each of its sites a hold site).
 The patcher P stays stopped, one other vCPU O runs, and the hold ends at the first of:
   covered  every hold site of the batch took an int3
   time     HoldConfig.ms passed (the bound; also at O's next stop when a tick is late)
@@ -137,7 +138,7 @@ class Hold:
         f, cpu = self.facts, g.cpu()
         if self.sites_from == "batch":
             sites = tuple(loc.site for loc in f.read_batch(g).locs)
-            mine = tuple(s for s, _ in self.cfg.sites if s in sites)
+            mine = tuple(s for s, _ in self.cfg.sites if s in sites) if self.cfg.sites else sites
         else:  # v5.2-v5.5 ftrace: the batch is not a vector; a hold site has its int3 or not
             sites = None
             mine = tuple(s for s, _ in self.cfg.sites if (g.read(s, 1) or b"\0")[0] == INT3)

@@ -431,14 +431,15 @@ class Report(_Sub):
                 events, meta = report.load_events(args.json)
             except OSError as e:
                 raise UserError(f"cannot read {args.json}: {e}") from None
-            problems = report.checker_problems(meta)
+            problems, coverage = report.checker_problems(meta), meta.get("coverage")
         elif c is not None:
             events = c.events + c.tracker.open_events()
-            problems = report.checker_problems({"errors": c.errors})
+            problems, coverage = report.checker_problems({"errors": c.errors}), c.engine.coverage()
         else:
             raise UserError("no events: run 'ftrace-int3 arm' first (or give --json FILE)")
         lines, summary = report.render(events, problems=problems, rows=args.rows)
-        gdb.write("\n".join(lines) + "\n" + summary.line() + "\n")
+        cov = report.coverage_line(coverage)
+        gdb.write("\n".join(lines + ([cov] if cov else [])) + "\n" + summary.line() + "\n")
 
 
 class Check(_Sub):

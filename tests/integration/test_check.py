@@ -45,10 +45,13 @@ def test_make_check_default_scenario_passes_and_reuses_the_vm(vm_dir, tmp_path):
     groups = {(r[0], r[1], r[3], r[4]) for r in table_rows(p.stdout)}
     k = kunit_parse(tmp_path / "check.ktap")
     assert k["status"] == "SUCCESS" and k["counts"]["failed"] == 0 and k["errors"] == 0, k
-    # One test per site group (the int3 self-test's group is a SKIP) and six whole-run ones.
-    assert k["counts"]["passed"] + k["counts"]["skipped"] == len(groups) + 6, (k["counts"], groups)
+    # One test per site group (the int3 self-test's group is a SKIP), six whole-run ones, the coverage.
+    assert k["counts"]["passed"] + k["counts"]["skipped"] == len(groups) + 7, (k["counts"], groups)
     j = junit_read(tmp_path / "check.xml")
-    assert len(j) == 1 and j[0]["failures"] == 0 and j[0]["cases"] == len(groups) + 6, j
+    assert len(j) == 1 and j[0]["failures"] == 0 and j[0]["cases"] == len(groups) + 7, j
+    # Without HOLD the coverage line says what chance gave (issue 19).
+    assert re.search(r"^coverage: \d+ batches with live int3s, \d+ with an int3 taken; cmdline_proc_show: an int3 "
+                     r"in \d+/\d+ batches that patched it; .*no hold", p.stdout, re.M), p.stdout
     # One report: `ftrace-int3 report --json` in gdb prints what the driver printed,
     # from the same event log, line for line (all but the guest's counts in the last line).
     logs = re.search(r"^logs: (\S+)$", p.stdout, re.M)[1]

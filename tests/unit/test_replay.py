@@ -114,3 +114,22 @@ def test_v54_stream_emulates_calls_into_ftrace_regs_caller():
     calls = [e for e in r.tracker.events if e.handler == "ftrace_int3_handler" and e.ret == 1]
     assert calls and all(e.expected.kind == "CALL" and e.after["ip"] == e.ftrace["regs_caller"] for e in calls)
     assert r.engine.engine is E.Engine.BREAKPOINTS  # v5.2-v5.5: no batch word to watch
+
+
+@pytest.mark.parametrize("name", [s for s in STREAMS if "hold" in s])
+def test_hold_streams_replay_to_the_logged_coverage(name):
+    """A held run (--hold): the replayed hold takes the same batches, holds and ends as the
+    live one (the wanted points already matched after every stop, the run point included),
+    and every batch that patched the hold site took an int3."""
+    r = replay(name)
+    _, meta = live(name)
+    got, want = r.engine.coverage(), dict(meta["coverage"])
+    assert {k: v for k, v in got.items() if k != "unhit"} == {k: v for k, v in want.items() if k != "unhit"}
+    assert len(got["unhit"]) == len(want["unhit"])
+    site = got["hold_sites"]["cmdline_proc_show"]
+    assert got["held"] >= 3 and site["batches"] >= 3 and site["hit"] == site["batches"]
+    assert "run" in {p.kind for p in r.engine.wants()} or got["ends"].get("covered", 0) >= 3
+
+
+def test_the_hold_streams_are_there():
+    assert {"watch-hold-6.12", "v5.4-hold"} <= set(STREAMS)
