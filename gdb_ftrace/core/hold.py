@@ -136,12 +136,19 @@ class Hold:
 
     def _batch(self, g: Guest) -> None:
         f, cpu = self.facts, g.cpu()
+        def live(site: int) -> bool:
+            return (g.read(site, 1) or b"\0")[0] == INT3
+
         if self.sites_from == "batch":
             sites = tuple(loc.site for loc in f.read_batch(g).locs)
+            # A later read of .old in the same function (after the batch) is no new batch:
+            # at the hold point the first site has its int3 (seen on v6.16+).
+            if not sites or not live(sites[0]):
+                return
             mine = tuple(s for s, _ in self.cfg.sites if s in sites) if self.cfg.sites else sites
         else:  # v5.2-v5.5 ftrace: the batch is not a vector; a hold site has its int3 or not
             sites = None
-            mine = tuple(s for s, _ in self.cfg.sites if (g.read(s, 1) or b"\0")[0] == INT3)
+            mine = tuple(s for s, _ in self.cfg.sites if live(s))
         b = BatchSeen(len(self.batches) + 1, cpu, g.now(), sites, mine)
         self.batches.append(b)
         n = g.ncpus()

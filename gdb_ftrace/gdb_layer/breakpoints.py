@@ -66,12 +66,18 @@ class _RunOnly:
         self.t.daemon = True
         self.t.start()
 
-    def _fire(self) -> None:
-        if not self.live:
-            return
-        self.bps.tick = True
-        post_interrupt()
-        self._timer(0.1)
+    def _fire(self) -> None:  # the timer's thread
+        if self.live:
+            gdb.post_event(self._interrupt)
+            self._timer(0.1)
+
+    def _interrupt(self) -> None:  # gdb's thread: the stop it makes is a tick even if the hold ends first
+        try:
+            if self.live and gdb.selected_thread().is_running():
+                self.bps.tick = True
+                gdb.execute("interrupt", to_string=True)
+        except gdb.error:
+            pass
 
     def is_valid(self) -> bool:
         return self.live
@@ -79,7 +85,6 @@ class _RunOnly:
     def delete(self) -> None:
         self.live = False
         self.t.cancel()
-        self.bps.tick = False
         gdb.execute("set scheduler-locking replay", to_string=True)
 
 
@@ -94,7 +99,7 @@ class BreakpointSet:
         self.callback_s = 0.0  # time in the callbacks (reading the guest, the engine): the checker's own part
         self._in: dict = {}  # Point -> _Bp in the guest
         self._parked: dict = {}  # breakpoints taken out, kept disabled: enabling one is cheaper than a new one
-        self.tick = False  # a hold's time bound interrupted gdb (_RunOnly)
+        self.tick = False  # a hold's time bound interrupted gdb and its SIGINT stop is not seen yet
 
     @property
     def current(self) -> frozenset:

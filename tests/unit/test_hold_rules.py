@@ -52,8 +52,9 @@ def _engine(ms=500, sites=((F.SITE_CALL, "cmdline_proc_show"),), engine=WatchEng
     return w, t, e
 
 
-def _hold_point(w, e, at="hold", rip=HOLD_RIP, cpu=0):
+def _hold_point(w, e, at="hold", rip=HOLD_RIP, cpu=0, live=True):
     w.batch([(F.SITE_CALL, F.CALL, CALL_DISP)])
+    w.put(F.SITE_CALL, b"\xcc" if live else b"\xe8")  # the batch's first step wrote its int3
     w.regs[cpu] = {"rip": rip, "rsp": 0xFFFFC90000003F00}
     e.stop(at, w.on(cpu))
 
@@ -169,6 +170,14 @@ def test_the_breakpoint_engine_on_the_ftrace_path_reads_the_hold_sites_first_byt
     e.stop("hold", w.on(0))
     assert _run_point(e) and e.hold.batches[0].sites is None and e.hold.batches[0].hold_sites == (F.SITE_CALL,)
     assert E.Point("hold", BATCH_FN + 208, "break", 0) in e.wants()
+
+
+def test_a_later_read_of_old_after_the_int3s_are_gone_is_no_batch():
+    """v6.16+ reads vec[0].old again in the batch function once the site has its new first
+    byte: that stop must not count (or hold) a batch nobody can hit any more."""
+    w, t, e = _engine()
+    _hold_point(w, e, live=False)
+    assert not e.hold.batches and not _run_point(e)
 
 
 def test_closing_during_a_hold_ends_it():
