@@ -25,7 +25,6 @@ from .facts import Guest, KernelFacts, u64
 from .insn import MASK64
 
 INT3 = 0xCC
-ENDS = ("covered", "time", "ipi", "lock", "closed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +56,6 @@ class BatchSeen:
     held_ms: float | None = None
     ended: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        return {"n": self.n, "cpu": self.cpu, "t": round(self.t, 6), "nr": None if self.sites is None
-                else len(self.sites), "hold_sites": list(self.hold_sites),
-                "hits": {f"{s:#x}": c for s, c in self.hits.items()}, "held_ms": self.held_ms,
-                "ended": self.ended}
-
 
 @dataclasses.dataclass
 class Held:
@@ -84,7 +77,6 @@ class Hold:
         self.site_names = dict(cfg.sites)
         self.batches: list[BatchSeen] = []
         self.held: Held | None = None
-        self.total_held_ms = 0.0
 
     def describe(self) -> str:
         addr, kind, _ = self.point
@@ -171,7 +163,6 @@ class Hold:
         t = now if now is not None else g.now() if g is not None else h.deadline
         h.batch.held_ms = round(1000 * (t - h.t0), 1)
         h.batch.ended = why
-        self.total_held_ms += h.batch.held_ms
         self.held = None
 
     def saw(self, cpu: int, site: int, t: float) -> None:
@@ -196,10 +187,10 @@ class Hold:
 
     # -- the report's numbers --------------------------------------------------
     def coverage(self) -> dict[str, Any]:
-        return coverage(self.batches, self.cfg, self.total_held_ms)
+        return coverage(self.batches, self.cfg)
 
 
-def coverage(batches: list[BatchSeen], cfg: HoldConfig, held_ms: float = 0.0) -> dict[str, Any]:
+def coverage(batches: list[BatchSeen], cfg: HoldConfig) -> dict[str, Any]:
     """Per run: batches with live int3s, with an int3 taken, per hold site the batches that
     patched it and those in which it took one, the patched sites that never took one."""
     patched: dict[int, int] = {}
@@ -224,7 +215,8 @@ def coverage(batches: list[BatchSeen], cfg: HoldConfig, held_ms: float = 0.0) ->
             "sites_known": all(b.sites is not None for b in batches), "sites": len(patched),
             "sites_hit": len(hit_sites & set(patched)), "hold_sites": per_site,
             "unhit": [f"{s:#x}" for s in unhit[:5]], "hold_ms": cfg.ms,
-            "held": sum(1 for b in batches if b.held_ms is not None), "held_ms": round(held_ms, 1),
+            "held": sum(1 for b in batches if b.held_ms is not None),
+            "held_ms": round(sum(b.held_ms or 0 for b in batches), 1),
             "ends": ends}
 
 
