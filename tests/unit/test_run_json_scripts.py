@@ -64,7 +64,7 @@ def test_soak_no_run_json_is_a_fail(tmp_path):
 def test_bench_table_from_run_json_records():
     bench = load("bench-stops")
     assert bench.SETUP_NAMES == ("none", "attached", "bare", "handler", "landing", "full", "idle-attached",
-                                 "idle-full", "full-bp", "idle-bp")
+                                 "idle-full", "full-bp", "idle-bp", "held")
     walls = {"none": (17.1, 15.2), "attached": (18.1, 16.5), "bare": (20.0, 20.4), "handler": (21.7, 21.5),
              "landing": (24.3, 22.7), "full": (24.1, 23.5), "idle-attached": (10.0, 10.2), "idle-full": (14.0, 14.3)}
     events = {"none": 0, "attached": 0, "bare": 0, "handler": 196, "landing": 194, "full": 228,
@@ -89,7 +89,8 @@ def test_bench_table_from_run_json_records():
     # The scenario phase when every idle run has it: (8.4 / 8.1); the whole run otherwise.
     assert bench.idle_ratio(phased) == pytest.approx(8.4 / 8.1) and bench.idle_ratio(phased, True) == pytest.approx(1.40, abs=0.01)
     # idle: 14.15 / 10.1; handler: (21.6 - 17.3) s / 196 int3s; landing: 6.2 s / 194
-    assert line == "ftrace-int3 bench: idle=1.40 handler_ms=21.9 landing_ms=32.0 full_ms=28.5 trace_all_s=skipped"
+    assert line == ("ftrace-int3 bench: idle=1.40 handler_ms=21.9 landing_ms=32.0 full_ms=28.5 held_batch_ms=? "
+                    "trace_all_s=skipped")
     assert bench.summary_line(results, {"wall_s": 281.4, "passed": True}).endswith("trace_all_s=281")
 
 
@@ -106,3 +107,22 @@ def test_bench_breakdown_per_stop_from_run_json():
     # more in stop(); 2 - 0.5 = 1.5 ms outside the checker.
     assert rows["full"] == ["full", "500", "400", "2.00", "2.0", "0.20", "0.30", "1.50"]
     assert rows["full-bp"] == ["full-bp", "1000", "200", "6.00", "2.0", "0.20", "0.30", "5.50"]
+
+
+def test_bench_hold_line_per_held_batch_against_full():
+    bench = load("bench-stops")
+
+    def cov(held, held_ms, hit, batches, ends):
+        return {"held": held, "held_ms": held_ms, "ends": ends,
+                "hold_sites": {"cmdline_proc_show": {"batches": batches, "hit": hit}}}
+    results = {"full": [{"wall_s": 20.0, "events": 200, "coverage": cov(0, 0, 50, 60, {})},
+                        {"wall_s": 22.0, "events": 220, "coverage": cov(0, 0, 56, 60, {})}],
+               "held": [{"wall_s": 24.0, "events": 260, "coverage": cov(60, 900.0, 60, 60, {"covered": 59, "time": 1})},
+                        {"wall_s": 25.0, "events": 270, "coverage": cov(62, 1000.0, 62, 62, {"covered": 62})}]}
+    # (24.5 - 21.0) s over 61 held batches = 57 ms per held batch
+    assert bench.held_batch_ms(results) == pytest.approx(3500 / 61)
+    line = bench.hold_line(results)
+    assert line.startswith("hold (HOLD=500, mode full): 61 batches held per run, patcher held 950 ms")
+    assert "ends {'covered': 121, 'time': 1}" in line and "= 57 ms per held batch" in line
+    assert line.endswith("hold-site batches hit 61/61 vs 53/60 without")
+    assert bench.hold_line({"full": results["full"]}) == "hold: not measured"
