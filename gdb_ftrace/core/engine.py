@@ -255,7 +255,7 @@ class EngineBase:
             self.fed.append(rec)
         self.tracker.feed(rec)
         if self.hold is not None and isinstance(rec, T.HandlerEntryStop) and not rec.seen_at:
-            self.hold.saw(rec.cpu, (rec.regs["ip"] - 1) & MASK64, rec.time_s)
+            self.hold.saw(rec.cpu, (rec.regs["ip"] - 1) & MASK64, rec.time_s, rec.batch)
 
     def _done(self, inj) -> tuple:
         return (inj,) if inj else ()

@@ -370,7 +370,9 @@ def coverage_line(cov: dict | None) -> str:
     """The coverage (core.hold.coverage) in one line: what the int3 windows of the run hit."""
     if not cov:
         return ""
-    parts = [f"{cov['batches']} batches with live int3s, {cov['batches_hit']} with an int3 taken"]
+    parts = [f"{cov['batches']} batches with live int3s, {cov['batches_hit']} with an int3 taken"
+             + (f" ({cov['unseen']} seen only at their int3s: QEMU did not report the hold point)"
+                if cov.get("unseen") else "")]
     for name, s in cov["hold_sites"].items():
         parts.append(f"{name}: an int3 in {s['hit']}/{s['batches']} batches that patched it")
     if cov["sites_known"]:

@@ -160,6 +160,37 @@ def test_an_int3_before_the_first_hold_point_or_outside_the_batch_is_not_counted
     assert e.coverage()["batches_hit"] == 0
 
 
+def test_a_batch_whose_hold_point_qemu_did_not_report_is_counted_from_its_int3s():
+    """QEMU 7.2 loses some watchpoint hits: an int3 whose live batch installs other bytes
+    than the last batch seen is a batch of its own (seen at a 6.12 run's 75th batch)."""
+    w, t, e = _engine()
+    _hold_point(w, e)
+    w.int3(1, F.SITE_CALL)
+    e.stop("word", w.on(1))  # covered: the hold ends
+    w.batch([(F.SITE_CALL, F.CALL, CALL_DISP + 0x100)])  # the next batch, no hold point seen
+    w.int3(1, F.SITE_CALL)
+    e.stop("word", w.on(1))
+    cov = e.coverage()
+    assert (cov["batches"], cov["unseen"], cov["held"]) == (2, 1, 1)
+    assert cov["hold_sites"]["cmdline_proc_show"] == {"batches": 2, "hit": 2}
+    assert "(1 seen only at their int3s: QEMU did not report the hold point)" in coverage_line(cov)
+
+
+def test_int3s_taken_before_the_hold_point_belong_to_the_batch_it_then_names():
+    """An int3 taken between a batch's first int3 and its sync (the IPI's latency): when the
+    hold point then comes for the same batch, that is the batch; covered already, not held."""
+    w, t, e = _engine()
+    w.batch([(F.SITE_CALL, F.CALL, CALL_DISP)])
+    w.int3(1, F.SITE_CALL)
+    e.stop("word", w.on(1))
+    assert e.hold.batches[0].unseen
+    _hold_point(w, e)
+    [b] = e.hold.batches
+    assert not b.unseen and b.cpu == 0 and b.hits == {F.SITE_CALL: 1}
+    assert (b.ended, b.held_ms) == ("covered", 0.0) and not _run_point(e)
+    assert e.coverage()["unseen"] == 0
+
+
 def test_the_breakpoint_engine_on_the_ftrace_path_reads_the_hold_sites_first_byte():
     """v5.2-v5.5: ftrace's own batch is no vector: a hold site is in it when it has its int3."""
     hf = {**HOLD_FACTS, "point": [BATCH_FN + 208, "break", 0], "range": [BATCH_FN + 208, BATCH_FN + 209],
