@@ -38,7 +38,7 @@ RUNS     ?= 10
 help:
 	@sed -n '2,3p' Makefile | sed 's/^# *//'
 	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>, or KSRC=<kernel source dir or tarball>)"
-	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed, both engines (TRACE_ALL=1: + trace-all SAMPLE=0)"
+	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed, both engines, a held batch (TRACE_ALL=1: + trace-all SAMPLE=0)"
 	@echo "  make soak    the check RUNS=$(RUNS) times in a row, one line per run"
 	@echo "  make matrix  the check on one kernel of each era (v5.4 from KSRC or ../shared/kernels, 5.10, 6.1, 6.12, 7.x)"
 	@echo "  make unit-test | integration-test"

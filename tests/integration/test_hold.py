@@ -14,7 +14,8 @@ from .test_sessions import driver, toggles_seen, user_qemu
 
 WARNINGS = re.compile(r"rcu: INFO: rcu_\w+ (self-)?detected stall|rcu_preempt detected stalls|"
                       r"soft lockup|clocksource.*(unstable|skew)|hung_task|BUG: workqueue lockup", re.I)
-COVERAGE = re.compile(r"^coverage: (\d+) batches with live int3s, (\d+) with an int3 taken; cmdline_proc_show: "
+COVERAGE = re.compile(r"^coverage: (\d+) batches with live int3s, (\d+) with an int3 taken"
+                      r"(?: \(\d+ seen only at their int3s[^)]*\))?; cmdline_proc_show: "
                       r"an int3 in (\d+)/(\d+) batches that patched it;.*held (\d+) batches up to (\d+) ms", re.M)
 
 
