@@ -141,7 +141,7 @@ class Hold:
             # at the hold point the first site has its int3 (seen on v6.16+).
             if not sites or not live(sites[0]):
                 return
-            mine = tuple(s for s, _ in self.cfg.sites if s in sites) if self.cfg.sites else sites
+            mine = self._mine(sites)
         else:  # v5.2-v5.5 ftrace: the batch is not a vector; a hold site has its int3 or not
             sites = None
             mine = tuple(s for s, _ in self.cfg.sites if live(s))
@@ -162,6 +162,10 @@ class Hold:
             off = f.hold.get("per_cpu_offset")
             ipi = (u64(g, off + 8 * cpu) + csq) & MASK64 if csq is not None and off is not None else None
             self.held = Held(b, cpu, runs, b.t, b.t + self.cfg.ms / 1000.0, ipi)
+
+    def _mine(self, sites: tuple[int, ...]) -> tuple[int, ...]:
+        """The hold sites among a batch's sites (every site when none are configured)."""
+        return tuple(s for s, _ in self.cfg.sites if s in sites) if self.cfg.sites else sites
 
     def _tick(self, g: Guest) -> None:
         h = self.held
@@ -189,8 +193,7 @@ class Hold:
                 sites = tuple(loc.site for loc in batch.locs)
                 if site not in sites:
                     return
-                mine = tuple(x for x, _ in self.cfg.sites if x in sites) if self.cfg.sites else sites
-                b = BatchSeen(len(self.batches) + 1, -1, t, sites, mine, insn=insn, unseen=True)
+                b = BatchSeen(len(self.batches) + 1, -1, t, sites, self._mine(sites), insn=insn, unseen=True)
                 self.batches.append(b)
         if b is None:
             return
