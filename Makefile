@@ -9,6 +9,9 @@ PY := /usr/bin/python3
 
 KERNEL   ?=
 KSRC     ?=
+KBUILD   ?=
+KCONFIG  ?=
+KMAKE    ?=
 SCENARIO ?= livepatch-trace
 TOGGLES  ?=
 ACCEL    ?= tcg-single
@@ -24,6 +27,10 @@ JUNIT    ?=
 HOLD     ?=
 HOLD_SITES ?=
 
+# Where the kernel comes from: KERNEL (Debian's archive), KSRC (+ KCONFIG, KMAKE) or KBUILD (+ KMAKE).
+KERNEL_ARGS = $(if $(KERNEL),--kernel '$(KERNEL)') $(if $(KSRC),--ksrc '$(abspath $(KSRC))') \
+	$(if $(KBUILD),--kbuild '$(abspath $(KBUILD))') $(if $(KCONFIG),--kconfig '$(abspath $(KCONFIG))') \
+	$(if $(KMAKE),--kmake '$(KMAKE)')
 CHECK_ARGS = --scenario '$(SCENARIO)' $(if $(TOGGLES),--toggles '$(TOGGLES)') --accel '$(ACCEL)' $(if $(MODE),--mode '$(MODE)') \
 	--kaslr '$(KASLR)' --engine '$(ENGINE)' $(if $(TIMEOUT),--timeout '$(TIMEOUT)') \
 	$(if $(SAMPLE),--sample '$(SAMPLE)') $(if $(INJECT),--inject '$(INJECT)') $(if $(JSON),--json '$(JSON)') \
@@ -37,28 +44,29 @@ RUNS     ?= 10
 
 help:
 	@sed -n '2,3p' Makefile | sed 's/^# *//'
-	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>, or KSRC=<kernel source dir or tarball>)"
+	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>, KSRC=<kernel source dir or tarball>, or KBUILD=<your built tree>)"
 	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed, both engines, a held batch (TRACE_ALL=1: + trace-all SAMPLE=0)"
 	@echo "  make soak    the check RUNS=$(RUNS) times in a row, one line per run"
 	@echo "  make matrix  the check on one kernel of each era (v5.4 from KSRC or ../shared/kernels, 5.10, 6.1, 6.12, 7.x)"
 	@echo "  make unit-test | integration-test"
-	@echo "variables: KERNEL KSRC SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) ENGINE=$(ENGINE) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault> KTAP=<file> JUNIT=<file> HOLD=<ms> HOLD_SITES=<func,...>"
+	@echo "your kernel: KBUILD=<tree built in place or O= dir> | KSRC=<tree or tarball> KCONFIG=<fragment or .config>; KMAKE='VAR=value ...' for every kernel/module build"
+	@echo "variables: KERNEL KSRC KBUILD KCONFIG KMAKE SCENARIO=$(SCENARIO) TOGGLES=<n> ACCEL=$(ACCEL) MODE=<mode, see scripts/ftrace-int3-check --help> KASLR=$(KASLR) ENGINE=$(ENGINE) JSON=<file> TIMEOUT=<s> SAMPLE=<n> INJECT=<fault> KTAP=<file> JUNIT=<file> HOLD=<ms> HOLD_SITES=<func,...>"
 
 setup:
 	@scripts/setup-host
 
 vm: setup
-	@vm-images/build-vm $(KERNEL) $(if $(KSRC),--ksrc '$(KSRC)')
+	@vm-images/build-vm $(subst --kernel ,,$(KERNEL_ARGS))
 
 # Every way out of `check` ends with the summary line on stdout.
 check:
 	@scripts/setup-host || { echo "ftrace-int3 check: FAIL verified=0 failed=0 missed=0 other=0 guest_unpatched=-1"; exit 1; }
-	@$(PY) scripts/ftrace-int3-check --kernel '$(KERNEL)' $(if $(KSRC),--ksrc '$(KSRC)') $(CHECK_ARGS)
+	@$(PY) scripts/ftrace-int3-check $(KERNEL_ARGS) $(CHECK_ARGS)
 
 # The same check RUNS times in a row (fresh boot each): no false FAIL may appear.
 soak: setup
-	@vm-images/build-vm $(KERNEL) $(if $(KSRC),--ksrc '$(KSRC)') >/dev/null
-	@$(PY) scripts/soak-check --runs '$(RUNS)' -- --kernel '$(KERNEL)' $(if $(KSRC),--ksrc '$(KSRC)') $(CHECK_ARGS)
+	@vm-images/build-vm $(subst --kernel ,,$(KERNEL_ARGS)) >/dev/null
+	@$(PY) scripts/soak-check --runs '$(RUNS)' -- $(KERNEL_ARGS) $(CHECK_ARGS)
 
 # The default check on one kernel of each era (v5.4 from source, 5.10, 6.1, 6.12, 7.x).
 matrix: setup

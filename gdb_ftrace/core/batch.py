@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from . import ftrace_era
 from .insn import PokeLoc, decode_vector
 from .layout import TEXT_POKE_LOC_V517, StructLayout
 
@@ -137,14 +138,15 @@ def single_site_batch(in_progress: int, int3_addr: int, handler: int) -> Batch:
     return Batch(True, 1, [PokeLoc(0, int3_addr - 1, 0, 0, 0, b"", detour=handler)])
 
 
-def era_name(handlers: list[str], desc: DescLayout | dict | None, version: str = "") -> str:
+def era_name(handlers: list[str], desc: DescLayout | dict | None, version: str = "",
+             ftrace: dict | None = None) -> str:
     """The kernel era the handlers and batch descriptor say (by what the kernel has,
     never by its version number alone). `version` ("5.10.223", from linux_banner)
     only tells a stable tree that got a later era's descriptor as a backport."""
     if isinstance(desc, dict):
         desc = DescLayout(**desc)
     if "ftrace_int3_handler" in handlers:
-        return "v5.2-v5.5"
+        return ftrace_era.era(ftrace)
     if "smp_text_poke_int3_handler" in handlers:
         return "v6.16+"
     if desc is not None and desc.is_pointer:

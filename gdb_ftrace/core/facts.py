@@ -145,8 +145,9 @@ class KernelFacts:
             return self.read_batch(g), None
         f = self.ftrace
         modifying = int.from_bytes(need(g, f["modifying"], 4), "little", signed=True)
+        call = f["update_func_call"]  # None: a pre-series kernel (core.ftrace_era)
         st = FtraceState(modifying, g.is_ftrace_location(site), u64(g, f["update_func"]),
-                         u64(g, f["update_func_call"]), f["regs_caller"])
+                         u64(g, call) if call is not None else None, f["regs_caller"])
         return Batch(False, 0, []), st.to_json()
 
     def read_cpu_refs(self, g: Guest, cpu: int) -> int | None:

@@ -32,6 +32,13 @@ function, or is jumped over while ftrace_update_func_call is 0 (the graph
 caller's JMP update). Before 9e298e860408 the handler did
 `regs->ip += MCOUNT_INSN_SIZE - 1`: the site acted as a NOP, and a
 livepatched function's old body ran. The checker calls that WRONG-TARGET.
+
+A kernel from before the series (v4.x-v5.1, and the 4.14/4.19 stable trees
+before .122/.46; 4.9 and 4.4 never got it) is known from its code: it has
+no `ftrace_update_func_call` (FtraceState.update_func_call is None). Its
+skips are judged by the same rule, the installed instruction is what must
+happen, so they are WRONG-TARGET, and the reasons say that this is the
+kernel's own pre-series behaviour (PRE_SERIES), not a checker error.
 """
 
 from __future__ import annotations
@@ -41,6 +48,17 @@ import dataclasses
 from .insn import CALL_INSN_SIZE, MASK64, Expected
 
 HANDLER = "ftrace_int3_handler"
+ERA = "v5.2-v5.5"
+PRE_SERIES_ERA = "v4.x-v5.1 (ftrace_int3_handler skips the call: before the 2019 series)"
+PRE_SERIES = ("this kernel's ftrace_int3_handler is from before 9e298e860408 \"x86_64/ftrace: Emulate calls from "
+              "int3 when patching functions\" (v5.2; stable 5.1.5, 5.0.19, 4.19.46, 4.14.122; never 4.9, 4.4): it "
+              "skips the call site (regs->ip += MCOUNT_INSN_SIZE - 1), so a livepatched function's old body runs. "
+              "The kernel's own behaviour, not a checker error: the fix is that series")
+
+
+def era(ftrace: dict | None) -> str:
+    """ftrace_int3_handler's era from the kernel's ftrace facts: no ftrace_update_func_call, no series."""
+    return PRE_SERIES_ERA if ftrace is not None and ftrace.get("update_func_call") is None else ERA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +68,7 @@ class FtraceState:
     modifying: int  # atomic_t modifying_ftrace_code (do_int3 only calls the handler when != 0)
     is_location: bool  # ftrace_location(site) != 0: the site is an fentry site
     update_func: int  # ftrace_update_func: the trampoline call site being rewritten (0: none)
-    update_func_call: int  # ftrace_update_func_call: its new target (0: a JMP update)
+    update_func_call: int | None  # ftrace_update_func_call: its new target (0: a JMP update; None: pre-series kernel)
     regs_caller: int  # &ftrace_regs_caller
 
     def to_json(self) -> dict:
@@ -63,6 +81,8 @@ def expected_effect(site: int, st: FtraceState) -> Expected:
     if st.is_location:
         return Expected("CALL", True, ip=st.regs_caller, sp_delta=-8, push=ret_addr, target=st.regs_caller)
     if st.update_func and site == st.update_func:
+        if st.update_func_call is None:  # pre-series: the call being installed is not recorded anywhere
+            return Expected("CALL", True, ip=None, sp_delta=-8, push=ret_addr, target=None)
         if st.update_func_call == 0:
             return Expected("JMP", True, ip=ret_addr, target=ret_addr)
         return Expected("CALL", True, ip=st.update_func_call, sp_delta=-8, push=ret_addr,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from . import ftrace_era
 from .event import DIE, KPROBE, Int3Event
-from .insn import MASK64, Expected, classify_bytes, expected_effect
+from .insn import CALL_INSN_SIZE, MASK64, Expected, classify_bytes, expected_effect
 from .layout import PT_REGS_X86_64
 
 PT_REGS_SIZE = PT_REGS_X86_64.size
@@ -119,7 +119,17 @@ def _judge_ftrace_era(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
         what = "an fentry site (ftrace_location)" if st.is_location else "the trampoline call being rewritten"
         return "MISSED", [f"{_hex(ev.site)} is {what} while modifying_ftrace_code={st.modifying}, "
                           f"but ftrace_int3_handler returned 0"], exp
-    return _compare(ev, exp)
+    if exp.ip is None:  # pre-series, the trampoline's call: its new target is known to no variable
+        ip = (ev.after or {}).get("ip")
+        if ip == (ev.site + CALL_INSN_SIZE) & MASK64:
+            return "WRONG-TARGET", [f"ftrace_int3_handler skipped the trampoline call being rewritten at "
+                                    f"{_hex(ev.site)} (regs->ip = site+5)", ftrace_era.PRE_SERIES], exp
+        return "OTHER", [f"the trampoline call at {_hex(ev.site)} is being rewritten on a pre-series kernel, which "
+                         f"records no new target; regs->ip {_hex(ip)}: not judged"], exp
+    verdict, reasons, exp = _compare(ev, exp)
+    if verdict == "WRONG-TARGET" and st.update_func_call is None:
+        reasons = reasons + [ftrace_era.PRE_SERIES]
+    return verdict, reasons, exp
 
 
 def _compare(ev: Int3Event, exp: Expected) -> tuple[str, list[str], Expected | None]:

@@ -98,17 +98,20 @@ class KernelInfo:
         self.die_name = next((n for n in W.DIE_STOPS if symbol_address(n) is not None), None)
         self.die = symbol_address(self.die_name) if self.die_name else None
         if self.ftrace_handler is not None:
-            names = ("modifying_ftrace_code", "ftrace_update_func", "ftrace_update_func_call", "ftrace_regs_caller")
+            # ftrace_update_func_call came with the series (v5.2): None on an older kernel (core.ftrace_era).
+            names = ("modifying_ftrace_code", "ftrace_update_func", "ftrace_regs_caller")
             missing = [n for n in names if symbol_address(n) is None]
             if missing:
-                raise UserError(f"{FTRACE_HANDLER} found, but not {', '.join(missing)}: unknown v5.2-v5.5 layout")
-            (self.modifying_ftrace_code, self.ftrace_update_func, self.ftrace_update_func_call,
-             self.ftrace_regs_caller) = (symbol_address(n) for n in names)
+                raise UserError(f"{FTRACE_HANDLER} found, but not {', '.join(missing)}: unknown ftrace_int3_handler era")
+            self.modifying_ftrace_code, self.ftrace_update_func, self.ftrace_regs_caller = \
+                (symbol_address(n) for n in names)
+            self.ftrace_update_func_call = symbol_address("ftrace_update_func_call")
         self.int3_entry_name = next((e for e in INT3_ENTRIES if symbol_address(e) is not None), None)
         self.int3_entry = symbol_address(self.int3_entry_name) if self.int3_entry_name else None
         self.iret = symbol_address(IRET)
         self.version = self._version()
-        self.era = era_name([n for n, _ in self.handlers], self.desc, self.version)
+        self.era = era_name([n for n, _ in self.handlers], self.desc, self.version,
+                            {"update_func_call": self.ftrace_update_func_call} if self.ftrace_handler else None)
         self.no_watch = W.no_watch(self.ftrace_handler is not None, self.desc)
 
     def watch_word(self) -> tuple[str, int]:

@@ -278,3 +278,28 @@ def test_documented_layouts_equal_what_dwarf_said_on_real_kernels():
         seen.append((k["version"], desc.name))
     assert seen == [("5.10.0-32-cloud-amd64", None), ("6.1.0-56-cloud-amd64", "bp_desc"),
                     ("6.12.117+deb12-cloud-amd64", "bp_desc"), ("7.3.4+deb13-cloud-amd64", "text_poke_array")]
+
+
+# --- before the series (v4.x-v5.1): no ftrace_update_func_call, every site skipped ---
+
+@documented_layout
+def test_pre_series_skips_are_wrong_target_and_named_as_the_kernels_own(recorded_call):
+    sp0 = recorded_call.before["sp"]
+    fentry = ftrace_event(recorded_call, update_func_call=None, after_ip=recorded_call.site + 5, after_sp=sp0)
+    assert fentry.verdict == "WRONG-TARGET" and fentry.reasons[-1] == ftrace_era.PRE_SERIES
+    site = recorded_call.site
+    tramp = ftrace_event(recorded_call, is_location=False, update_func=site, update_func_call=None,
+                         after_ip=site + 5, after_sp=sp0)
+    assert tramp.verdict == "WRONG-TARGET" and "skipped the trampoline call" in tramp.reasons[0]
+    odd = ftrace_event(recorded_call, is_location=False, update_func=site, update_func_call=None,
+                       after_ip=REGS_CALLER)
+    assert odd.verdict == "OTHER" and "not judged" in odd.reasons[0]
+    # A post-series kernel's WRONG-TARGET carries no such note.
+    post = ftrace_event(recorded_call, after_ip=site + 5, after_sp=sp0)
+    assert post.verdict == "WRONG-TARGET" and ftrace_era.PRE_SERIES not in post.reasons
+
+
+def test_the_era_comes_from_the_code():
+    handlers = ["ftrace_int3_handler", "poke_int3_handler"]
+    assert batch.era_name(handlers, None, "4.19.45", {"update_func_call": None}) == ftrace_era.PRE_SERIES_ERA
+    assert batch.era_name(handlers, None, "4.19.46", {"update_func_call": 0xFFFFFFFF82000000}) == "v5.2-v5.5"

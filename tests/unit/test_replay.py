@@ -6,6 +6,7 @@ and want the same watchpoints/breakpoints after every stop."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 
@@ -133,3 +134,24 @@ def test_hold_streams_replay_to_the_logged_coverage(name):
 
 def test_the_hold_streams_are_there():
     assert {"watch-hold-6.12", "v5.4-hold"} <= set(STREAMS)
+
+
+def test_a_pre_series_kernel_is_its_own_skip_call():
+    """A kernel from before the series, replayed: the v5.4 skip-call stream with the
+    facts of a kernel that has no ftrace_update_func_call (what tells the era from the
+    code) and no injector: the guest's answers are those of a handler that skips, as
+    4.19.45's does. Every skip is WRONG-TARGET, not injected, and says it is the
+    kernel's own pre-series behaviour."""
+    import copy
+
+    from gdb_ftrace.core import ftrace_era
+    it = lines("v5.4-skip-call")
+    h = copy.deepcopy(next(it))
+    h["facts"]["ftrace"]["update_func_call"] = None
+    del h["inject"]
+    r = E.replay(itertools.chain([h], it))
+    bad = [e for e in r.tracker.events if e.verdict == "WRONG-TARGET"]
+    assert bad and all(e.handler == "ftrace_int3_handler" and not e.injected_by("skip-call") for e in bad)
+    assert all(e.after["ip"] == e.site + 5 and e.reasons[-1] == ftrace_era.PRE_SERIES for e in bad)
+    assert all(e.ftrace["update_func_call"] is None for e in r.tracker.events if e.ftrace)
+    assert {e.verdict for e in r.tracker.events} <= {"VERIFIED", "WRONG-TARGET", "OTHER"}
