@@ -9,6 +9,7 @@ builds it ahead of the tests, with progress.
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,15 +21,43 @@ def cache_dir() -> str:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gdb_ftrace")
 
 
-def tree_dir(tarball: str, config: str) -> str:
+# The pre-series handler, made from a 5.4 tree: ftrace_int3_handler as it was before
+# 9e298e860408 (it skips the call site) and no ftrace_update_func_call, the variable
+# the series added and the checker tells the era by. The rest of the series (the
+# entry gap, int3_emulate_*) stays: the skip is what the check is about.
+PRE_SERIES_EDITS = ("arch/x86/kernel/ftrace.c", (
+    (re.compile(r"^static unsigned long ftrace_update_func_call;\n", re.M), ""),
+    (re.compile(r"^\s*ftrace_update_func_call = [^;]*;\n", re.M), ""),
+    (re.compile(r"(int ftrace_int3_handler\(struct pt_regs \*regs\)\n\{.*?ip = regs->ip - INT3_INSN_SIZE;\n)"
+                r".*?\n\treturn 0;\n\}\nNOKPROBE_SYMBOL\(ftrace_int3_handler\);", re.S),
+     r"\1\n\tif (!ftrace_location(ip) && !is_ftrace_caller(ip))\n\t\treturn 0;\n\n"
+     r"\tregs->ip += MCOUNT_INSN_SIZE - 1;\n\treturn 1;\n}\nNOKPROBE_SYMBOL(ftrace_int3_handler);"),
+))
+
+
+def pre_series(tree: str) -> None:
+    path, edits = PRE_SERIES_EDITS
+    with open(os.path.join(tree, path)) as f:
+        text = f.read()
+    for pat, rep in edits:
+        text, n = pat.subn(rep, text)
+        if n == 0:
+            raise RuntimeError(f"{path}: no match for {pat.pattern[:60]!r}: not a v5.2-v5.5 ftrace.c")
+    with open(os.path.join(tree, path), "w") as f:
+        f.write(text)
+
+
+def tree_dir(tarball: str, config: str, edit: str = "") -> str:
     h = hashlib.sha256()
+    h.update(edit.encode())
     with open(tarball, "rb") as f:
         h.update(f.read(1 << 20))  # the tarball's start names its version; its size the rest
     h.update(str(os.path.getsize(tarball)).encode())
     with open(config, "rb") as f:
         h.update(f.read())
     name = os.path.basename(tarball).split(".tar")[0]
-    return os.path.join(cache_dir(), "test-trees", f"{name}-{os.path.basename(config).split('.')[0]}-{h.hexdigest()[:12]}")
+    return os.path.join(cache_dir(), "test-trees", f"{name}-{os.path.basename(config).split('.')[0]}"
+                        f"{'-' + edit if edit else ''}-{h.hexdigest()[:12]}")
 
 
 def _run(cmd, cwd, log, timeout):
@@ -51,9 +80,10 @@ def _run(cmd, cwd, log, timeout):
         raise RuntimeError(f"{' '.join(cmd)} failed with {rc} (log: {log})")
 
 
-def build(tarball: str, config: str) -> str:
-    """The built tree's path (built now unless a finished build is there)."""
-    tree = tree_dir(tarball, config)
+def build(tarball: str, config: str, edit: str = "") -> str:
+    """The built tree's path (built now unless a finished build is there). edit:
+    "pre-series" applies PRE_SERIES_EDITS before configuring."""
+    tree = tree_dir(tarball, config, edit)
     if os.path.isfile(os.path.join(tree, ".gdb_ftrace_test_built")):
         return tree
     if os.path.isdir(tree):
@@ -64,6 +94,8 @@ def build(tarball: str, config: str) -> str:
         os.unlink(log)
     print(f"[own-tree] building {os.path.basename(tarball)} in place in {tree} (once; log {log})", file=sys.stderr, flush=True)
     _run(["tar", "-xf", tarball, "-C", tree, "--strip-components=1"], tree, log, 900)
+    if edit == "pre-series":
+        pre_series(tree)
     _run(["make", "x86_64_defconfig"], tree, log, 300)
     with open(config) as src, open(os.path.join(tree, ".config"), "a") as dst:
         dst.write(src.read())
@@ -75,4 +107,4 @@ def build(tarball: str, config: str) -> str:
 
 
 if __name__ == "__main__":
-    print(build(sys.argv[1], sys.argv[2]))
+    print(build(sys.argv[1], sys.argv[2], *sys.argv[3:4]))

@@ -174,3 +174,21 @@ def test_the_livepatch_module_compiles_against_both_livepatch_apis(preempt_tree,
     assert {"klp_register_patch", "klp_enable_patch", "klp_unregister_patch"} <= set(undef.split()[1::2]), undef
     missing = sorted(l.split('"')[1] for l in old.stderr.splitlines() if "undefined!" in l)
     assert missing == ["klp_register_patch", "klp_unregister_patch"], old.stderr[-2000:]
+
+
+def test_a_pre_series_kernel_fails_with_wrong_target_and_the_guest_sees_the_old_body(tmp_path):
+    """5.4.286 with ftrace_int3_handler as it was before 9e298e860408 (own_tree.PRE_SERIES_EDITS):
+    nothing is injected; the kernel's own handler skips the call, the guest reads the
+    unpatched /proc/cmdline, and the checker says the era is the cause."""
+    tree = own_tree.build(_tarball(), os.path.join(ROOT, "vm-images", "kconfig", "gdb-ftrace.config"), "pre-series")
+    p = build_vm("--kbuild", tree)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rc, stdout, stderr = _check(p.stdout.strip().splitlines()[-1], tmp_path)
+    s = summary(stdout)
+    assert rc == 1 and s["status"] == "FAIL" and s["failed"] > 0 and s["guest_unpatched"] > 0, stdout[-4000:]
+    assert "note: kernel era v4.x-v5.1 (ftrace_int3_handler skips the call" in stdout
+    wrong = [l for l in stdout.splitlines() if l.startswith("WRONG-TARGET #")]
+    assert wrong and all(" at cmdline_proc_show " in l and "it skips the call site" in l for l in wrong), wrong[:3]
+    rows = [l for l in stdout.splitlines() if "jump label" in l]
+    assert rows and all("VERIFIED" in l for l in rows)  # the rest of the series still emulates
+    assert "inject" not in stdout.lower()
