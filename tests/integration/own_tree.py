@@ -82,7 +82,8 @@ def _run(cmd, cwd, log, timeout):
 
 def build(tarball: str, config: str, edit: str = "") -> str:
     """The built tree's path (built now unless a finished build is there). edit:
-    "pre-series" applies PRE_SERIES_EDITS before configuring."""
+    "pre-series" applies PRE_SERIES_EDITS before configuring; "vng" configures with
+    `vng --kconfig` (the vng found on PATH) instead of x86_64_defconfig."""
     tree = tree_dir(tarball, config, edit)
     if os.path.isfile(os.path.join(tree, ".gdb_ftrace_test_built")):
         return tree
@@ -96,7 +97,10 @@ def build(tarball: str, config: str, edit: str = "") -> str:
     _run(["tar", "-xf", tarball, "-C", tree, "--strip-components=1"], tree, log, 900)
     if edit == "pre-series":
         pre_series(tree)
-    _run(["make", "x86_64_defconfig"], tree, log, 300)
+    if edit == "vng":
+        _run(["vng", "--kconfig"], tree, log, 300)
+    else:
+        _run(["make", "x86_64_defconfig"], tree, log, 300)
     with open(config) as src, open(os.path.join(tree, ".config"), "a") as dst:
         dst.write(src.read())
     _run(["make", "olddefconfig"], tree, log, 300)
