@@ -8,7 +8,9 @@
   SCENARIO=ftrace-toggle runs and PASSes;
 - KMAKE=: reaches the kernel build's make and the module builds;
 - the livepatch module compiles against both livepatch APIs (v5.1+, and
-  the pre-5.1 register/unregister API through tests/data/klp-pre-5.1/).
+  the pre-5.1 register/unregister API through tests/data/klp-pre-5.1/);
+- a pre-series handler (5.4.286 with ftrace_int3_handler as before
+  9e298e860408) FAILs with WRONG-TARGET and guest_unpatched > 0, no injection.
 
 The trees come from ../shared/kernels/linux-5.4.*.tar.* (or KSRC); without
 one these tests are skipped and say so. The in-place tree is built once
