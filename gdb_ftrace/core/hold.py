@@ -108,7 +108,8 @@ class Hold:
     def stop(self, at: str, g: Guest, watch: bool) -> bool:
         """A stop of the engine's: True when it was the hold's alone (the engine must not
         see it). With the watch engine a hit may be reported under another watchpoint's
-        name, so any watchpoint stop whose %rip is in the batch function is the hold point."""
+        name, so any watchpoint stop whose %rip is in the batch function is the hold point; a
+        hold point that is a breakpoint is only ever its own hit."""
         if self.held is not None:
             self._tick(g)
         if at == "hold-tick":
@@ -118,9 +119,14 @@ class Hold:
             if h is not None and g.cpu() != h.cpu:
                 self.release(g, at[5:])
             return not watch  # the watch engine reads %rip: a misnamed hit of its own is still seen
-        if self.point is None or not (at == "hold" or (watch and at not in ("kprobe", "oops", "percpu"))):
+        if self.point is None:
             return False
-        if self.point[1] != "break":
+        if self.point[1] == "break":  # a breakpoint's hit is named exactly (v5.2-v5.5's ftrace_replace_code)
+            if at != "hold":
+                return False
+        else:
+            if not (at == "hold" or (watch and at not in ("kprobe", "oops", "percpu"))):
+                return False
             lo, hi = self.range
             if not lo <= g.reg("rip") < hi:
                 return False

@@ -203,6 +203,20 @@ def test_the_breakpoint_engine_on_the_ftrace_path_reads_the_hold_sites_first_byt
     assert E.Point("hold", BATCH_FN + 208, "break", 0) in e.wants()
 
 
+def test_a_watch_stop_is_never_taken_for_a_hold_point_that_is_a_breakpoint():
+    """v5.2-v5.5 with the watch engine (issue 21): the hold point is a breakpoint in
+    ftrace_replace_code and the engine's word is modifying_ftrace_code. A hit of the word
+    is the engine's, not a batch: the misnamed-hit rule is for a hold point that is a
+    watchpoint. (It took every word stop of the first v5.4 watch run: 0 events.)"""
+    hf = {**HOLD_FACTS, "point": [BATCH_FN + 208, "break", 0], "range": [BATCH_FN + 208, BATCH_FN + 209],
+          "sites_from": "text"}
+    w, t, e = _engine(ms=0, facts=dataclasses.replace(F.FACTS, hold=hf))
+    w.put(F.SITE_CALL, b"\xcc")
+    w.int3(1, F.SITE_CALL)
+    e.stop("word", w.on(1))
+    assert not e.hold.batches and len(t.open_events()) == 1
+
+
 def test_a_later_read_of_old_after_the_int3s_are_gone_is_no_batch():
     """v6.16+ reads vec[0].old again in the batch function once the site has its new first
     byte: that stop must not count (or hold) a batch nobody can hit any more."""
