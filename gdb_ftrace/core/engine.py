@@ -260,10 +260,11 @@ class EngineBase:
     def _done(self, inj) -> tuple:
         return (inj,) if inj else ()
 
-    def read_handler_entry(self, g: Guest, handler: str, regs_addr: int | None = None,
+    def read_handler_entry(self, g: Guest, handler: str | None, regs_addr: int | None = None,
                            rsp: int | None = None, seen_at: str = "") -> T.HandlerEntryStop:
-        """pt_regs and what the handler decides by. seen_at: read at oops_enter, not at the
-        handler (no handler %rsp to pair a return with)."""
+        """pt_regs and what the handler decides by. handler None: read before do_int3 asks
+        one (v5.2-v5.5 watch engine): which one takes the int3 is KernelFacts.read_dispatch's.
+        seen_at: read at oops_enter, not at the handler (no handler %rsp to pair a return with)."""
         f, inj, done = self.facts, self.injector, []
         regs_addr = g.reg("rdi") if regs_addr is None else regs_addr
         buf = need(g, regs_addr, REGS_READ)
@@ -272,7 +273,10 @@ class EngineBase:
         if inj is not None:
             done.append(inj.before_handler(g, site))
         site_bytes = g.read(site, 8) or b""
-        batch, ftrace = f.read_decision(g, handler, site)
+        if handler is None:
+            handler, batch, ftrace = f.read_dispatch(g, site)
+        else:
+            batch, ftrace = f.read_decision(g, handler, site)
         if inj is not None:
             inj.after_batch(g, batch)
         cpu = g.cpu()

@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any, Protocol
 
 from .batch import Batch, DescLayout, header_read, make_batch, parse_header, readable_count, single_site_batch
-from .ftrace_era import FtraceState
+from .ftrace_era import FtraceState, claims
 from .insn import MASK64
 from .layout import StructLayout
 
@@ -90,6 +90,10 @@ class KernelFacts:
     oops_word: int | None = None  # sysctl_oops_all_cpu_backtrace: only oops_enter reads it
     # The watch engine (core/watch.py):
     no_watch: str = ""  # why it cannot run here ('' if it can)
+    # v5.2-v5.5: the word is read by the handlers' caller (do_int3), not by a handler:
+    # the function it watches in, and the return sites of the calls to it (in the int3 entry).
+    watch_fn: str = ""
+    watch_returns: tuple[int, ...] = ()
     watch_word: str = ""
     watch_size: int = 0
     handler_range: tuple[int, int] = (0, 0)
@@ -112,7 +116,7 @@ class KernelFacts:
         d["loc"] = StructLayout.from_json(d["loc"]) if d.get("loc") else None
         for k in ("handlers", "exit_ranges", "handler_code"):
             d[k] = tuple(tuple(x) for x in d.get(k) or ())
-        for k in ("returns", "followups", "handler_range", "single_site"):
+        for k in ("returns", "followups", "handler_range", "single_site", "watch_returns"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -150,6 +154,15 @@ class KernelFacts:
                          u64(g, call) if call is not None else None, f["regs_caller"])
         return Batch(False, 0, []), st.to_json()
 
+    def read_dispatch(self, g: Guest, site: int) -> tuple[str, Batch, dict | None]:
+        """v5.2-v5.5, read in do_int3 before it asks a handler: which handler takes the int3
+        at `site` (ftrace_int3_handler when it claims it, else the text-patch handler) and
+        what that handler decides by (read_decision)."""
+        batch, ftrace = self.read_decision(g, FTRACE_HANDLER, site)
+        if claims(site, FtraceState(**ftrace)):
+            return FTRACE_HANDLER, batch, ftrace
+        return (self.handler_name, *self.read_decision(g, self.handler_name, site))
+
     def read_cpu_refs(self, g: Guest, cpu: int) -> int | None:
         """This CPU's text_poke_array_refs (v6.16+), None where refs are not per CPU."""
         if self.percpu_refs is None or self.per_cpu_offset is None:
@@ -160,6 +173,8 @@ class KernelFacts:
     def watch_addrs(self, g: Guest) -> list[int]:
         """Where the watch engine's batch word is: one address, or one per CPU (v6.16+)."""
         d = self.desc
+        if self.watch_fn:
+            return [self.ftrace["modifying"]]
         if self.percpu_refs is not None:
             return [(u64(g, self.per_cpu_offset + 8 * cpu) + self.percpu_refs) & MASK64
                     for cpu in range(g.ncpus())]

@@ -75,6 +75,13 @@ class FtraceState:
         return dataclasses.asdict(self)
 
 
+def claims(site: int, st: FtraceState) -> bool:
+    """ftrace_int3_handler takes the int3 at `site` (returns 1): do_int3 asks it only while
+    modifying_ftrace_code != 0, and it handles an fentry site or the trampoline call being
+    rewritten (is_ftrace_caller: site == ftrace_update_func); else poke_int3_handler is asked."""
+    return st.modifying != 0 and (st.is_location or bool(st.update_func) and site == st.update_func)
+
+
 def expected_effect(site: int, st: FtraceState) -> Expected:
     """What ftrace_int3_handler must do for an int3 at `site`."""
     ret_addr = (site + CALL_INSN_SIZE) & MASK64

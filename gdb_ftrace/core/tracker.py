@@ -228,6 +228,11 @@ class Tracker:
         """vCPU -> the emulated int3 waiting for its iretq there."""
         return dict(self._landing)
 
+    def settled(self, cpu: int) -> None:
+        """This vCPU's int3 path is over (v5.2-v5.5: do_int3 returned): its event whose
+        handler returned 0 gets no kprobe or die follow-up."""
+        self._unhandled.pop(cpu, None)
+
     def has_unhandled(self) -> bool:
         """An int3 whose handler returned 0 waits for its kprobe / die follow-ups."""
         return bool(self._unhandled)

@@ -65,23 +65,32 @@ class WatchStats:
 
 
 def no_watch(ftrace_handler: bool, desc) -> str:
-    """Why the watch engine cannot run on a kernel ('' if it can): it needs a word the
-    handler reads for each int3."""
-    if ftrace_handler:
-        return "ftrace_int3_handler (v5.2-v5.5) patches ftrace sites with no batch descriptor to watch"
-    if desc is None:
-        return "v5.2's one-site patching: no batch descriptor to watch"
+    """Why the watch engine cannot run on a kernel ('' if it can): it needs a word read for
+    each int3 that the patching CPU only writes."""
+    if desc is None and not ftrace_handler:
+        return "v5.2's one-site patching without dynamic ftrace: no word every int3 reads"
     return ""
 
 
-def watch_word(desc, percpu_refs: int | None) -> tuple[str, int]:
-    """The word the watch engine watches for reads, and its size: one the handler reads
-    once per int3 and the patching CPU does not read:
+def watch_fn(ftrace_handler: bool, callers: list[str]) -> str:
+    """Where the word is read when it is not in the handler: v5.2-v5.5's do_int3 reads
+    modifying_ftrace_code first, before it asks any handler (callers: the handlers'
+    callers, do_int3 there). '' elsewhere: the handler reads the word itself."""
+    return callers[0] if ftrace_handler and callers else ""
+
+
+def watch_word(desc, percpu_refs: int | None, ftrace_handler: bool = False) -> tuple[str, int]:
+    """The word the watch engine watches for reads, and its size: one read once per int3
+    that the patching CPU does not read:
+      v5.2-v5.5: modifying_ftrace_code, do_int3's first load (atomic_read), for every
+                 int3; ftrace only increments and decrements it around its patching
       v6.0-v6.15 (and backports): bp_desc.nr_entries, read once the refcount is taken
                  (an int3 no batch covers is seen at oops_enter instead)
       v5.6-v5.19 (pointer): bp_desc, read first by every kernel int3
       v6.16+:    this CPU's text_poke_array_refs (the batch's end reads it: one stop
                  per CPU per batch), read first by every kernel int3"""
+    if ftrace_handler:
+        return "modifying_ftrace_code", 4
     if percpu_refs is not None:
         return "text_poke_array_refs (per CPU)", 4
     if desc.is_pointer:
@@ -124,7 +133,8 @@ class Places:
         return any(lo <= rip < hi for lo, hi in self.exit_path)
 
 
-def classify(p: Places, rip: int, rsp: int, opened: list, landing, ip_off: int = 128) -> tuple[str, Any]:
+def classify(p: Places, rip: int, rsp: int, opened: list, landing, ip_off: int = 128,
+             calls_out: bool = False) -> tuple[str, Any]:
     """What one watchpoint stop on a vCPU is, from its %rip and %rsp. opened: that vCPU's
     open int3 events (handler entered, return not seen; .handler_rsp, innermost last);
     landing: its emulated int3 waiting for the iretq, or None. Returns (kind, event):
@@ -137,10 +147,15 @@ def classify(p: Places, rip: int, rsp: int, opened: list, landing, ip_off: int =
       landed       past the iretq (out of the handler and the exit path, or in it again
                    on the interrupted stack)
       entry        in the handler, no open event explains it (see word_stop)
-      pass         nothing of ours"""
+      pass         nothing of ours
+    calls_out: the watched function calls the handlers (do_int3, v5.2-v5.5): a stop below
+    an open call's return slot (%rsp < the slot) is still in its call tree (a handler, or a
+    hit QEMU reported late), whatever %rip says."""
     for ev in reversed(opened):
         if is_handler_return(rip, rsp, ev.handler_rsp, p.returns):
             return "return", ev
+        if calls_out and rsp < ev.handler_rsp:  # a nested int3's do_int3, or nothing of ours
+            return ("entry", None) if p.in_handler(rip) else ("pass", None)
         if not p.in_handler(rip):
             before_iret = p.in_exit_path(rip) and rsp <= (ev.regs_addr + ip_off) & MASK64
             return ("late-return" if before_iret else "lost-return"), ev
@@ -264,7 +279,7 @@ class WatchEngine(EngineBase):
         code = [i for i in f.handler_code if lo <= i[0] < hi]
         self.places = Places((lo, hi), tuple(f.exit_ranges),
                              entry_rips_from(code, addrs[0]) if len(addrs) == 1 else frozenset(),
-                             frozenset(f.returns))
+                             frozenset(f.watch_returns or f.returns))
         points = {Point("word", a, "read", f.watch_size) for a in addrs}
         # oops_enter: a read watchpoint on the word only it reads; a breakpoint where that is
         # missing (even a breakpoint never hit slows the guest: docs/cost.md).
@@ -285,7 +300,7 @@ class WatchEngine(EngineBase):
         if self.mode.follows_landing:
             want.update(Point("cs", (ev.regs_addr + IP_OFF + 8) & MASK64, "read", 8)
                         for ev in t.landing_events().values())
-        if t.has_unhandled():
+        if t.has_unhandled() and not self.facts.watch_fn:  # watch_fn: its return is after every follow-up
             want.update(Point("kprobe", r) for r in self.facts.followups)
         return frozenset(want)
 
@@ -311,12 +326,16 @@ class WatchEngine(EngineBase):
         cpu, rip, rsp = g.cpu(), g.reg("rip"), g.reg("rsp")
         opened = [ev for ev in t.open_events() if ev.cpu == cpu and ev.handler_rsp is not None]
         landing = t.landing_events().get(cpu) if self.mode.follows_landing else None
-        what, ev = classify(p, rip, rsp, opened, landing, IP_OFF)
+        calls_out = bool(self.facts.watch_fn)
+        what, ev = classify(p, rip, rsp, opened, landing, IP_OFF, calls_out)
         if what in ("return", "late-return") and not self._still_ours(g, ev):
             what = "lost-return"
         if what == "return":
             st.returns += 1
-            self.handler_returned(g, cpu, rsp, g.reg("rax"), ev)
+            if calls_out:
+                self._fn_return(g, cpu, rsp, ev)
+            else:
+                self.handler_returned(g, cpu, rsp, g.reg("rax"), ev)
         elif what == "lost-return":
             st.lost_returns += 1
             self.feed(T.LostStop(cpu, ev.handler_rsp, LOST_REGS_GONE))
@@ -324,7 +343,7 @@ class WatchEngine(EngineBase):
             st.late_returns += 1
             self._late_return(g, cpu, ev)
             landing = t.landing_events().get(cpu) if self.mode.follows_landing else None
-            if landing is not None and classify(p, rip, rsp, [], landing, IP_OFF)[0] == "before-iret":
+            if landing is not None and classify(p, rip, rsp, [], landing, IP_OFF, calls_out)[0] == "before-iret":
                 self._before_iret(g, cpu, landing)
         elif what == "before-iret":
             self._before_iret(g, cpu, landing)
@@ -353,7 +372,7 @@ class WatchEngine(EngineBase):
         if kind == "entry-missed-return":
             st.lost_returns += 1
             self.feed(T.LostStop(cpu, open_ev.handler_rsp, LOST_NOT_REPORTED))
-        stop = self.read_handler_entry(g, self.facts.handler_name, *where)
+        stop = self.read_handler_entry(g, None if self.facts.watch_fn else self.facts.handler_name, *where)
         if not regs_untouched(stop.regs, stop.gap):
             st.late_entries_dropped += 1
             return
@@ -380,6 +399,23 @@ class WatchEngine(EngineBase):
                 f"return value {rax} inferred from regs->ip")
         self.feed(T.HandlerReturnStop(cpu, (ev.handler_rsp + 8) & MASK64, rax, after, pushed, self._done(done),
                                       note=note))
+
+    def _fn_return(self, g, cpu: int, rsp: int, ev) -> None:
+        """do_int3 (v5.2-v5.5) has returned. It returns nothing, and after the handlers it
+        asks kprobes and the die notifiers, which change pt_regs too (the boot int3
+        self-test's notifier). So the handler's return value is inferred from pt_regs only
+        where it claims the site (ftrace_int3_handler's sites, a live batch's entry); elsewhere
+        it returned 0, whatever ran after it did, and no follow-up stop is to come."""
+        after, _ = self.read_after(g, ev)
+        claimed = ev.ftrace is not None or ev.loc is not None
+        rax = inferred_return(ev.before, after) if claimed else 0
+        fn = self.facts.watch_fn
+        note = (f"{fn} returned: the return value of {ev.handler} ({rax}) inferred from regs->ip" if claimed else
+                f"{fn} returned; {ev.handler} does not claim this site, so it returned 0 (pt_regs "
+                f"{'changed after it: a kprobe or a die notifier' if inferred_return(ev.before, after) else 'unchanged'})")
+        self.handler_returned(g, cpu, rsp, rax, ev, note=note)
+        if not rax:
+            self.tracker.settled(cpu)
 
     def _frame_and_gap(self, g, ev) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
         """One read from ev's regs->ip up: (its address, the iret frame in pt_regs, the gap above)."""
@@ -445,7 +481,7 @@ class WatchEngine(EngineBase):
         if fr is None:
             return None
         name, regs, caller_rsp = fr
-        if name != self.facts.handler_name or caller_rsp is None:
+        if name != (self.facts.watch_fn or self.facts.handler_name) or caller_rsp is None:
             return None
         return (g.reg("rdi") if regs is None else regs) & MASK64, (caller_rsp - 8) & MASK64
 

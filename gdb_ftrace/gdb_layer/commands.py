@@ -73,7 +73,8 @@ def _add_mode(p: argparse.ArgumentParser) -> None:
                    help="the int3 entry stop and the landing only for the first N int3s of each batch, "
                         "the handler checks for all (0: every int3)")
     p.add_argument("--engine", choices=E.NAMES, default=E.DEFAULT.value,
-                   help="watch: read watchpoints only (v5.6+; older kernels fall back to breakpoints and say "
+                   help="watch: read watchpoints only (v5.2+; v5.2 without dynamic ftrace falls back to "
+                        "breakpoints and says "
                         "so); breakpoints: on the handler, its returns, the int3 entry (mode full) and the "
                         "iretq, several times dearer per int3 on QEMU < 10.2 (docs/cost.md)")
     p.add_argument("--hold", type=_non_negative, default=0, metavar="MS",

@@ -113,9 +113,13 @@ class KernelInfo:
         self.era = era_name([n for n, _ in self.handlers], self.desc, self.version,
                             {"update_func_call": self.ftrace_update_func_call} if self.ftrace_handler else None)
         self.no_watch = W.no_watch(self.ftrace_handler is not None, self.desc)
+        self.watch_fn = W.watch_fn(self.ftrace_handler is not None, sorted({c for c, _ in self.returns}))
+        self.watch_returns: list[int] = []
+        if self.watch_fn and self.int3_entry_name:  # where the int3 entry's call to do_int3 returns
+            self.watch_returns = call_return_sites(disassemble(self.int3_entry_name), symbol_address(self.watch_fn))
 
     def watch_word(self) -> tuple[str, int]:
-        return W.watch_word(self.desc, self.percpu_refs)
+        return W.watch_word(self.desc, self.percpu_refs, self.ftrace_handler is not None)
 
     def exit_ranges(self) -> list[tuple[int, int]]:
         """Where a vCPU is between the handler's return and the iretq: the handler's callers
@@ -133,13 +137,14 @@ class KernelInfo:
         return out
 
     def handler_range(self) -> tuple[int, int]:
-        """[start, end) of the text-patch handler's code (its DWARF block, else the
-        disassembly's last instruction)."""
-        fn = function_range(self.handler)
-        if fn is not None and fn[0] == self.handler:
-            return fn
-        code = disassemble(self.handler_name)
-        return self.handler, code[-1][0] + code[-1][1]
+        """[start, end) of the code the watched word is read in: the text-patch handler's, or
+        do_int3's (v5.2-v5.5); its DWARF block, else the disassembly's last instruction."""
+        name = self.watch_fn or self.handler_name
+        start = symbol_address(name)
+        code = disassemble(name)
+        end = code[-1][0] + code[-1][1]
+        fn = function_range(start)  # a DWARF block may be the first of several ranges (do_int3 on 5.4: 6 bytes)
+        return (start, max(end, fn[1])) if fn is not None and fn[0] == start else (start, end)
 
     def _batch_layout(self) -> None:
         """The batch descriptor and its text_poke_loc layout, from DWARF (v5.3+)."""
@@ -241,7 +246,8 @@ class KernelInfo:
              if self.percpu_refs else "-"),
             ("iret", f"{IRET} at {self.iret:#x}" if self.iret else "not found (no landing checks)"),
             ("DWARF", "yes" if self.dwarf else NO_DWARF),
-            ("engine", f"watch (default): a read watchpoint on {self.watch_word()[0]}, then each int3's "
+            ("engine", f"watch (default): a read watchpoint on {self.watch_word()[0]}"
+             f"{' (read in ' + self.watch_fn + ')' if self.watch_fn else ''}, then each int3's "
              "return slot and regs->cs; breakpoints: on the handler, its returns, the int3 entry, the iretq"
              if not self.no_watch else f"breakpoints only: {self.no_watch}"),
         ]
@@ -287,7 +293,8 @@ class KernelInfo:
         """What the engines need (core/facts.py), at the addresses gdb's symbols have now."""
         lo, hi = self.handler_range()
         word, size = ("", 0) if self.no_watch else self.watch_word()
-        code = tuple((a, n, t) for a, n, t in disassemble(self.handler_name) if lo <= a < hi and "# 0x" in t) \
+        code = tuple((a, n, t) for a, n, t in disassemble(self.watch_fn or self.handler_name)
+                     if lo <= a < hi and "# 0x" in t) \
             if not self.no_watch else ()
         ftrace = None
         if self.ftrace_handler is not None:
@@ -301,6 +308,7 @@ class KernelInfo:
             ftrace=ftrace, int3_entry=self.int3_entry, iret=self.iret, die=self.die, die_name=self.die_name or "",
             oops_word=data_symbol_address(OOPS_WORD), no_watch=self.no_watch, watch_word=word, watch_size=size,
             handler_range=(lo, hi), exit_ranges=tuple(self.exit_ranges()), handler_code=code,
+            watch_fn=self.watch_fn, watch_returns=tuple(self.watch_returns),
             hold=self.hold_facts()[0])
 
 

@@ -54,9 +54,13 @@ def _check(vm, out, *args):
     return p.returncode, stdout, summary(stdout), events, meta
 
 
-def test_v54_check_verifies_the_emulated_calls_and_the_detours(v54_vm, tmp_path):
-    rc, stdout, s, events, meta = _check(v54_vm, tmp_path)
+@pytest.mark.parametrize("engine", ["watch", "breakpoints"])
+def test_v54_check_verifies_the_emulated_calls_and_the_detours(v54_vm, tmp_path, engine):
+    """Both engines: watch reads modifying_ftrace_code in do_int3 and poke_int3_handler's
+    bp_patching; breakpoints stop at the int3 entry and both handlers."""
+    rc, stdout, s, events, meta = _check(v54_vm, tmp_path, "--engine", engine)
     assert rc == 0 and s["status"] == "PASS", stdout[-4000:]
+    assert meta["engine"] == engine and "fall" not in stdout, stdout[-4000:]
     assert meta["kernel"]["era"] == "v5.2-v5.5"
     assert [h for h, _ in meta["kernel"]["handlers"]] == ["ftrace_int3_handler", "poke_int3_handler"]
     assert s["guest_unpatched"] == 0 and s["failed"] == 0 and s["missed"] == 0
@@ -72,7 +76,8 @@ def test_v54_check_verifies_the_emulated_calls_and_the_detours(v54_vm, tmp_path)
     # Jump labels go through poke_int3_handler's batch: detours, verified as such.
     detours = [ev for ev in events if ev.expected is not None and ev.expected.kind == "DETOUR"]
     assert detours and all(ev.handler == "poke_int3_handler" and ev.verdict == "VERIFIED" for ev in detours)
-    assert all(ev.hw_source == "entry" for ev in events if not ev.before["cs"] & 3)
+    hw = "gap" if engine == "watch" else "entry"  # where the hardware frame was read
+    assert all(ev.hw_source == hw for ev in events if not ev.before["cs"] & 3)
 
 
 def test_v54_skip_call_reproduces_the_pre_series_bug(v54_vm, tmp_path):

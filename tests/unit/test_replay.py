@@ -114,7 +114,28 @@ def test_v54_stream_emulates_calls_into_ftrace_regs_caller():
     r = replay("v5.4-full")
     calls = [e for e in r.tracker.events if e.handler == "ftrace_int3_handler" and e.ret == 1]
     assert calls and all(e.expected.kind == "CALL" and e.after["ip"] == e.ftrace["regs_caller"] for e in calls)
-    assert r.engine.engine is E.Engine.BREAKPOINTS  # v5.2-v5.5: no batch word to watch
+    assert r.engine.engine is E.Engine.BREAKPOINTS  # recorded with --engine breakpoints
+
+
+def test_v54_watch_stream_reads_modifying_ftrace_code_in_do_int3():
+    """v5.2-v5.5 with the watch engine: every int3 reads modifying_ftrace_code in do_int3
+    (before ftrace_int3_handler), the handler's return is inferred at do_int3's return
+    from pt_regs, and the CALLs into ftrace_regs_caller verify as on breakpoints."""
+    r = replay("watch-v5.4-full")
+    assert r.engine.engine is E.Engine.WATCH
+    assert "Int3EntryStop" not in {type(x).__name__ for x in r.records}
+    calls = [e for e in r.tracker.events if e.handler == "ftrace_int3_handler" and e.ret == 1]
+    assert len(calls) >= 50
+    assert all(e.expected.kind == "CALL" and e.after["ip"] == e.ftrace["regs_caller"] for e in calls)
+    assert all(e.verdict == "VERIFIED" for e in calls)
+    assert {e.verdict for e in r.tracker.events} <= {"VERIFIED", "OTHER"}
+
+
+def test_v54_watch_skip_call_stream_gives_wrong_target():
+    r = replay("watch-v5.4-skip-call")
+    bad = [e for e in r.tracker.events if e.verdict == "WRONG-TARGET"]
+    assert bad and all(e.injected_by("skip-call") and e.expected.kind == "CALL" for e in bad)
+    assert all(e.after["ip"] == e.site + 5 for e in bad)
 
 
 @pytest.mark.parametrize("name", [s for s in STREAMS if "hold" in s])
@@ -133,7 +154,7 @@ def test_hold_streams_replay_to_the_logged_coverage(name):
 
 
 def test_the_hold_streams_are_there():
-    assert {"watch-hold-6.12", "v5.4-hold"} <= set(STREAMS)
+    assert {"watch-hold-6.12", "v5.4-hold", "watch-v5.4-hold"} <= set(STREAMS)
 
 
 def test_a_pre_series_kernel_is_its_own_skip_call():
