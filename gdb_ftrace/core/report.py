@@ -366,6 +366,19 @@ def load_events(path: str) -> tuple[list[Int3Event], dict]:
     return events, meta
 
 
+def tools_line(meta: dict) -> str:
+    """What ran the check, from the meta record's `tools` (gdb_layer/guest.tools): QEMU as
+    its monitor's `info version` says (the version, then the package: QEMU prints them
+    with nothing between, '7.2.22Debian 1:7.2+dfsg-7'), gdb, gdb's Python."""
+    t = meta.get("tools")
+    if not t:
+        return ""
+    stub = (t.get("qemu") or "").strip()
+    m = re.match(r"(\d+(?:\.\d+)+)\s*\(?(.*?)\)?$", stub)
+    qemu = (f"{m[1]} ({m[2]})" if m[2] else m[1]) if m else (stub or "? (the stub did not say)")
+    return f"tools: QEMU {qemu}, gdb {t.get('gdb') or '?'}, Python {t.get('python') or '?'}"
+
+
 def coverage_line(cov: dict | None) -> str:
     """The coverage (core.hold.coverage) in one line: what the int3 windows of the run hit."""
     if not cov:

@@ -44,9 +44,9 @@ class Checker:
         self._n, self._wants = 0, None
         self.set_injection(inject, header=True)
         if log:
-            from . import slide
+            from . import guest, slide
 
-            log.meta(kernel=k.to_json(), armed_at=time.time(), mode=mode.value, sample=sample, inject=inject,
+            log.meta(kernel=k.to_json(), tools=guest.tools(), armed_at=time.time(), mode=mode.value, sample=sample, inject=inject,
                      engine=self.engine_kind.value, engine_note=self.engine_note,
                      slide=slide.located.to_json() if slide.located else None)
 

@@ -71,3 +71,14 @@ class GdbGuest:
 
     def write(self, addr: int, data: bytes) -> None:
         mem.write(addr, data)
+
+
+def tools() -> dict:
+    """What runs the check, for the event log's meta record: gdb's version, its Python's,
+    and what the stub says it is (QEMU: `monitor info version`; '' where it cannot say)."""
+    import platform
+    try:
+        stub = gdb.execute("monitor info version", to_string=True).strip()
+    except gdb.error:
+        stub = ""
+    return {"gdb": gdb.VERSION, "python": platform.python_version(), "qemu": stub}

@@ -159,3 +159,15 @@ def test_render_is_the_one_report():
     assert s_gdb.line() == "ftrace-int3 report: PASS events=235 verified=234 failed=0 missed=0 other=1"
     _, bad = report.render(events, problems=["checker error: boom"])
     assert bad.line().startswith("ftrace-int3 report: FAIL")
+
+
+def test_tools_line_names_qemu_gdb_and_python_or_says_what_is_missing():
+    """As a QEMU 7.2 run of Debian 12 logs it (gdb_layer/guest.tools); a stub that is not
+    QEMU answers no `monitor info version`; a log from before the record has no line."""
+    meta = {"tools": {"gdb": "13.1", "python": "3.11.2", "qemu": "7.2.22Debian 1:7.2+dfsg-7+deb12u18+b3"}}
+    assert report.tools_line(meta) == "tools: QEMU 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3), gdb 13.1, Python 3.11.2"
+    meta["tools"]["qemu"] = "10.0.2"  # a QEMU built without a package version
+    assert report.tools_line(meta).startswith("tools: QEMU 10.0.2, gdb")
+    meta["tools"]["qemu"] = ""
+    assert report.tools_line(meta).startswith("tools: QEMU ? (the stub did not say), gdb 13.1")
+    assert report.tools_line({}) == ""
