@@ -45,7 +45,7 @@ RUNS     ?= 10
 help:
 	@sed -n '2,3p' Makefile | sed 's/^# *//'
 	@echo "  make vm      only build/reuse the VM (KERNEL=<abi-flavour>, KSRC=<kernel source dir or tarball>, or KBUILD=<your built tree>)"
-	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed, both engines, a held batch (TRACE_ALL=1: + trace-all SAMPLE=0)"
+	@echo "  make bench   what the checker costs: no gdb / gdb attached / checker armed, both engines, a held batch, the seed era v5.4 per engine (KSRC=, else ../shared/kernels; SEED_ERA=0: not), trace-all SAMPLE=0 attached vs armed (TRACE_ALL=0: not)"
 	@echo "  make soak    the check RUNS=$(RUNS) times in a row, one line per run"
 	@echo "  make matrix  the check on one kernel of each era (v5.4 from KSRC or ../shared/kernels, 5.10, 6.1, 6.12, 7.x)"
 	@echo "  make unit-test | integration-test"
@@ -75,7 +75,8 @@ matrix: setup
 
 # What the checker costs, side by side in one run: no gdb / gdb attached / armed.
 bench: setup
-	@$(PY) scripts/bench-stops $(if $(KERNEL),--kernel '$(KERNEL)') $(if $(TOGGLES),--toggles '$(TOGGLES)')  $(if $(filter 1,$(TRACE_ALL)),--trace-all)
+	@$(PY) scripts/bench-stops $(if $(KERNEL),--kernel '$(KERNEL)') $(if $(TOGGLES),--toggles '$(TOGGLES)') \
+		$(if $(KSRC),--ksrc '$(abspath $(KSRC))') $(if $(filter 0,$(SEED_ERA)),--no-seed-era) $(if $(filter 0,$(TRACE_ALL)),--no-trace-all)
 
 unit-test: setup
 	$(PY) -m pytest -q tests/unit

@@ -90,8 +90,36 @@ def test_bench_table_from_run_json_records():
     assert bench.idle_ratio(phased) == pytest.approx(8.4 / 8.1) and bench.idle_ratio(phased, True) == pytest.approx(1.40, abs=0.01)
     # idle: 14.15 / 10.1; handler: (21.6 - 17.3) s / 196 int3s; landing: 6.2 s / 194
     assert line == ("ftrace-int3 bench: idle=1.40 handler_ms=21.9 landing_ms=32.0 full_ms=28.5 held_batch_ms=? "
-                    "trace_all_s=skipped")
-    assert bench.summary_line(results, {"wall_s": 281.4, "passed": True}).endswith("trace_all_s=281")
+                    "v54_full_ms=skipped v54_bp_ms=skipped v54_reads=skipped trace_all_s=skipped "
+                    "trace_all_ratio=skipped")
+    assert bench.summary_line(results, {"wall_s": 281.4, "passed": True}).endswith(
+        "trace_all_s=281 trace_all_ratio=skipped")
+
+
+def test_bench_seed_era_and_trace_all_each_against_their_own_attached_run():
+    bench = load("bench-stops")
+    assert set(bench.SEED_SETUPS) == {"attached", "full", "full-bp"}
+
+    def recs(walls, reads, events, **kw):
+        return [{"wall_s": w, "reads": reads, "events": events, "kernel": "5.4.286", "passed": True, **kw}
+                for w in walls]
+    results = {"attached": recs((17.0, 17.0), 30000, 0),
+               "v5.4-attached": recs((20.0, 22.0), 12000, 0), "v5.4-full": recs((22.0, 24.0), 11000, 400),
+               "v5.4-full-bp": recs((60.0, 62.0), 1500, 200),
+               "trace-all-attached": recs((100.0,), 0, 0), "trace-all": recs((140.0,), 0, 5000, incomplete=3)}
+    # watch: (23 - 21) s / 400 = 5.0 ms; breakpoints: (61 - 21) s / 200 = 200 ms; reads 12000/11000
+    line = bench.seed_line(results, "k.tar.xz")
+    assert line.startswith("v5.4 (seed era, 5.4.286, mode full, attached 21.0 s, 12000 reads): ")
+    assert "watch 5.0 ms per int3 (400 int3s, 1.09x fewer guest reads, PASS)" in line
+    assert "breakpoints 200.0 ms per int3 (200 int3s, 8.00x fewer guest reads, PASS)" in line
+    assert bench.trace_all_line(results) == ("trace-all SAMPLE=0: armed 140 s (5000 int3s, 3 INCOMPLETE, PASS), "
+                                             "attached 100 s: ratio 1.40")
+    assert bench.summary_line({**results, **{m: recs((1.0,), 1, 1) for m in ("handler", "landing", "full")},
+                               "idle-full": recs((2.0,), 1, 0), "idle-attached": recs((1.0,), 1, 0)},
+                              results["trace-all"][0]).endswith(
+        "v54_full_ms=5.0 v54_bp_ms=200.0 v54_reads=1.09 trace_all_s=140 trace_all_ratio=1.40")
+    assert bench.seed_line({}, None) == "v5.4 (seed era): skipped (no v5.4 source)"
+    assert bench.trace_all_line({}) == "trace-all SAMPLE=0: skipped"
 
 
 def test_bench_breakdown_per_stop_from_run_json():
