@@ -104,20 +104,25 @@ def test_bench_seed_era_and_trace_all_each_against_their_own_attached_run():
         return [{"wall_s": w, "reads": reads, "events": events, "kernel": "5.4.286", "passed": True, **kw}
                 for w in walls]
     results = {"attached": recs((17.0, 17.0), 30000, 0),
-               "v5.4-attached": recs((20.0, 22.0), 12000, 0), "v5.4-full": recs((22.0, 24.0), 11000, 400),
-               "v5.4-full-bp": recs((60.0, 62.0), 1500, 200),
+               "v5.4-attached": recs((20.0, 22.0), 12000, 0, phase_s=5.0, phase_events=0),
+               "v5.4-full": recs((22.0, 24.0), 11000, 400, phase_s=6.0, phase_events=380),
+               "v5.4-full-bp": recs((60.0, 62.0), 1500, 200, phase_s=41.0, phase_events=180),
                "trace-all-attached": recs((100.0,), 0, 0), "trace-all": recs((140.0,), 0, 5000, incomplete=3)}
-    # watch: (23 - 21) s / 400 = 5.0 ms; breakpoints: (61 - 21) s / 200 = 200 ms; reads 12000/11000
+    # Over the scenario phase: watch (6 - 5) s / 380 = 2.6 ms; breakpoints (41 - 5) s / 180 = 200 ms.
+    # Whole runs: watch (23 - 21) s / 400 = 5.0 ms; breakpoints (61 - 21) s / 200 = 200 ms. Reads 12000/11000.
     line = bench.seed_line(results, "k.tar.xz")
     assert line.startswith("v5.4 (seed era, 5.4.286, mode full, attached 21.0 s, 12000 reads): ")
-    assert "watch 5.0 ms per int3 (400 int3s, 1.09x fewer guest reads, PASS)" in line
-    assert "breakpoints 200.0 ms per int3 (200 int3s, 8.00x fewer guest reads, PASS)" in line
+    assert "watch 2.6 ms per int3 (whole run 5.0 ms, 400 int3s, 1.09x fewer guest reads, PASS)" in line
+    assert "breakpoints 200.0 ms per int3 (whole run 200.0 ms, 200 int3s, 8.00x fewer guest reads, PASS)" in line
+    # A run without its phase (the guest's marks not seen): whole runs for that setup.
+    nophase = {**results, "v5.4-full": [dict(r, phase_s=None) for r in results["v5.4-full"]]}
+    assert bench.ms_per_int3(nophase, "v5.4-full", "v5.4-attached") == pytest.approx(5.0)
     assert bench.trace_all_line(results) == ("trace-all SAMPLE=0: armed 140 s (5000 int3s, 3 INCOMPLETE, PASS), "
                                              "attached 100 s: ratio 1.40")
     assert bench.summary_line({**results, **{m: recs((1.0,), 1, 1) for m in ("handler", "landing", "full")},
                                "idle-full": recs((2.0,), 1, 0), "idle-attached": recs((1.0,), 1, 0)},
                               results["trace-all"][0]).endswith(
-        "v54_full_ms=5.0 v54_bp_ms=200.0 v54_reads=1.09 trace_all_s=140 trace_all_ratio=1.40")
+        "v54_full_ms=2.6 v54_bp_ms=200.0 v54_reads=1.09 trace_all_s=140 trace_all_ratio=1.40")
     assert bench.seed_line({}, None) == "v5.4 (seed era): skipped (no v5.4 source)"
     assert bench.trace_all_line({}) == "trace-all SAMPLE=0: skipped"
 
