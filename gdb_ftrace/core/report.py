@@ -158,12 +158,13 @@ def coverage(events: list[Int3Event]) -> str:
     notes = collections.Counter(ev.landing_note for ev in emulated if ev.landing is None and ev.landing_note)
     sampled_out = sum(1 for ev in evs if not ev.in_sample)
     late = sum(1 for ev in emulated if ev.landing and not top_known(ev.landing))
-    lost = sum(1 for ev in evs if ev.lost_return)
+    lost = collections.Counter(ev.lost_return for ev in evs if ev.lost_return)
     line = f"checked: {frames}; landing after iret for {landed}/{len(emulated)} emulations"
     if late:
         line += f" ({late} of them reported late: rip and rsp from the frame the iretq loaded, not [rsp])"
     if lost:
-        line += f"; {lost} handler return(s) never reported (INCOMPLETE, not judged)"
+        line += "; " + ", ".join(f"{n} handler return(s) {LOST_SHORT.get(code, code)}" for code, n in sorted(lost.items())) \
+            + " (INCOMPLETE, not judged)"
     if sampled_out:
         line += f"; {sampled_out} int3s past the per-batch sample got the handler checks only"
     for note, n in notes.most_common(3):
@@ -364,6 +365,10 @@ def load_events(path: str) -> tuple[list[Int3Event], dict]:
     for ev in opened.values():
         events.append(finalize(ev))
     return events, meta
+
+
+# Int3Event.lost_return (core.watch.LOST_*) in the `checked:` line; verdict.LOST_RETURN_WORDS has the long form.
+LOST_SHORT = {"regs-gone": "reported by QEMU only past the iretq", "not-reported": "never reported by QEMU"}
 
 
 def tools_line(meta: dict) -> str:

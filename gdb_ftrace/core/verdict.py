@@ -207,8 +207,8 @@ def frame_failures(ev: Int3Event) -> list[tuple[str, str]]:
 
 # Int3Event.lost_return (core.watch.LOST_*) in words.
 LOST_RETURN_WORDS = {
-    "regs-gone": "its handler's return was not reported by QEMU's watchpoint, and its pt_regs are gone "
-                 "(watch engine): not judged",
+    "regs-gone": "QEMU reported its handler's return only after the vCPU had left the exception frame "
+                 "(past the iretq), where pt_regs may already be reused (watch engine): not judged",
     "not-reported": "its handler's return was not reported by QEMU's watchpoint before the handler ran "
                     "again on that stack (watch engine): not judged",
 }

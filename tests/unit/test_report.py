@@ -171,3 +171,25 @@ def test_tools_line_names_qemu_gdb_and_python_or_says_what_is_missing():
     meta["tools"]["qemu"] = ""
     assert report.tools_line(meta).startswith("tools: QEMU ? (the stub did not say), gdb 13.1")
     assert report.tools_line({}) == ""
+
+
+def test_a_return_qemu_10_reported_past_the_iretq_is_incomplete_and_named():
+    """An excerpt of `make check SCENARIO=trace-all SAMPLE=0` on QEMU 10.0.13 (Debian 13,
+    6.12.118+deb13, PASS, 38845 int3s): the one event whose handler return QEMU reported only
+    after the vCPU had passed the iretq (on the patching CPU, at a function the batch itself
+    was patching) and the 40 events on either side. It is INCOMPLETE, never judged, and the
+    report says which QEMU ran and how the return was lost."""
+    from gdb_ftrace.core.verdict import LOST_RETURN_WORDS
+    events, meta = report.load_events(os.path.join(DATA, "trace-all-qemu10-6.12.118+deb13-excerpt.jsonl"))
+    assert report.tools_line(meta).startswith("tools: QEMU 10.0.13 (Debian 1:10.0.13+ds-0+deb13u1), gdb 16.3")
+    lost = [ev for ev in events if ev.verdict == "INCOMPLETE"]
+    assert [ev.lost_return for ev in lost] == ["regs-gone"] and lost[0].ret is None and lost[0].after is None
+    again = copy.deepcopy(lost[0])
+    again.verdict, again.reasons, again.expected = "", [], None
+    again = finalize(again)  # judged again by today's code: the same verdict, today's words
+    assert again.verdict == "INCOMPLETE" and again.reasons == [LOST_RETURN_WORDS["regs-gone"]]
+    assert {ev.verdict for ev in events} == {"VERIFIED", "INCOMPLETE"}
+    line = report.coverage(events)
+    assert "1 handler return(s) reported by QEMU only past the iretq (INCOMPLETE, not judged)" in line
+    s = report.summarize(events, None)
+    assert s.failed == 0 and s.verified == len(events) - 1
