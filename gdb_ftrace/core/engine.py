@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 from . import tracker as T
 from .errors import UserError
 from .facts import Guest, KernelFacts, need, try_u64, u64
-from .hold import Hold, HoldConfig
+from .hold import Hold, HoldConfig, coverage_off
 from .insn import MASK64
 from .layout import GAP_WORDS, PT_REGS_X86_64, decode_struct, u64s
 from .mode import CheckMode
@@ -223,7 +223,10 @@ class EngineBase:
                  hold: "HoldConfig | None" = None) -> None:
         self.facts, self.mode, self.tracker, self.injector = facts, mode, tracker, injector
         self.fed: list | None = None  # set to a list to keep every tracker record (tests)
-        self.hold = Hold(facts, hold) if hold is not None and facts.hold else None
+        self.hold, self.no_coverage = None, ""  # no_coverage: why a configured hold is not taken
+        if hold is not None and facts.hold:
+            self.no_coverage = coverage_off(hold, facts.hold, self.engine is Engine.WATCH)
+            self.hold = None if self.no_coverage else Hold(facts, hold)
 
     # the interface the gdb layer drives
     def arm(self, g: Guest) -> None:
@@ -244,7 +247,9 @@ class EngineBase:
         raise NotImplementedError
 
     def coverage(self) -> dict[str, Any] | None:
-        return self.hold.coverage() if self.hold is not None else None
+        if self.hold is None:
+            return {"off": self.no_coverage} if self.no_coverage else None
+        return self.hold.coverage()
 
     def stats(self) -> dict[str, int] | None:
         return None

@@ -270,6 +270,18 @@ def first_call_return(code: list[tuple[int, int, str]], callees: tuple[str, ...]
     return None
 
 
+COVERAGE_BREAK = ("not counted without a hold here: v5.2-v5.5's batch point is a breakpoint in "
+                  "ftrace_replace_code, whose page is ftrace_int3_handler's, and under the watch engine "
+                  "it doubled what every int3 costs (docs/cost.md); HOLD=ms holds and counts the batches")
+
+
+def coverage_off(cfg: HoldConfig, hold: dict[str, Any], watch: bool) -> str:
+    """Why the engine takes no hold point for `cfg` ('' when it does): a coverage count alone
+    (no --hold ms) is not worth a breakpoint that the watch engine would otherwise not have:
+    on QEMU 7.2 it flushes the translation cache at every hit and slows its whole page."""
+    return COVERAGE_BREAK if watch and not cfg.ms and hold["point"][1] == "break" else ""
+
+
 def hold_facts(*, ftrace_path: bool, replace_code: list[tuple[int, int, str]] | None, desc, desc_addr: int | None,
                loc_old: int | None, tp_vec: int | None, func_range: tuple[int, int] | None, csq: int | None,
                per_cpu_offset: int | None, locks: list[int]) -> tuple[dict[str, Any] | None, str]:

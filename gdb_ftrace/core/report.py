@@ -388,6 +388,8 @@ def coverage_line(cov: dict | None) -> str:
     """The coverage (core.hold.coverage) in one line: what the int3 windows of the run hit."""
     if not cov:
         return ""
+    if cov.get("off"):
+        return f"coverage: {cov['off']}"
     parts = [f"{cov['batches']} batches with live int3s, {cov['batches_hit']} with an int3 taken"
              + (f" ({cov['unseen']} seen only at their int3s: QEMU did not report the hold point)"
                 if cov.get("unseen") else "")]

@@ -247,7 +247,9 @@ def run(target: str, json_path: str, mode: CheckMode, connect_timeout: float = 3
                 _say(f"vmlinux has no DWARF: {kernel.NO_DWARF[4:]}")
             _say(f"engine: {c.describe_engine()}")
             if c.hold is not None:
-                _say(c.engine.hold.describe() if c.engine.hold else f"no hold here: {c.kinfo.hold_facts()[1]}")
+                _say(c.engine.hold.describe() if c.engine.hold else
+                     f"coverage {c.engine.no_coverage}" if c.engine.no_coverage else
+                     f"no hold here: {c.kinfo.hold_facts()[1]}")
         deadline = _Ender(c, duration, stop_file)
         if duration:
             _say(f"running for {duration:g} s")

@@ -263,7 +263,7 @@ def name_event(ev) -> None:
 
 def name_coverage(cov: dict | None) -> dict | None:
     """The coverage (core.hold.coverage) with its unhit sites named: function+offset."""
-    if cov is not None:
+    if cov and cov.get("unhit"):  # ({"off": why} when no hold point was taken)
         cov["unhit"] = [f"{vmlinux_symbol(int(a, 16)) or a}" for a in cov["unhit"]]
     return cov
 

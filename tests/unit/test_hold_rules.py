@@ -210,7 +210,7 @@ def test_a_watch_stop_is_never_taken_for_a_hold_point_that_is_a_breakpoint():
     watchpoint. (It took every word stop of the first v5.4 watch run: 0 events.)"""
     hf = {**HOLD_FACTS, "point": [BATCH_FN + 208, "break", 0], "range": [BATCH_FN + 208, BATCH_FN + 209],
           "sites_from": "text"}
-    w, t, e = _engine(ms=0, facts=dataclasses.replace(F.FACTS, hold=hf))
+    w, t, e = _engine(ms=500, facts=dataclasses.replace(F.FACTS, hold=hf))  # held: no hold, no point here
     w.put(F.SITE_CALL, b"\xcc")
     w.int3(1, F.SITE_CALL)
     e.stop("word", w.on(1))
@@ -252,3 +252,30 @@ def test_hold_facts_per_era():
 def test_fentry_site_skips_endbr64():
     assert H.fentry_site(0x1000, b"\xf3\x0f\x1e\xfa") == 0x1004
     assert H.fentry_site(0x1000, b"\x0f\x1f\x44\x00") == 0x1000
+
+
+def test_v54_watch_engine_takes_no_coverage_breakpoint_without_a_hold():
+    """v5.2-v5.5's batch point is a breakpoint in ftrace_replace_code (the facts of the
+    recorded 5.4.286 run): the watch engine takes it only to hold (--hold ms), not for a
+    coverage count alone, and the coverage line says why; the breakpoint engine, which
+    stops on that page anyway, still counts."""
+    import gzip
+    import json
+    import os
+
+    from conftest import DATA
+    from gdb_ftrace.core.facts import KernelFacts
+    with gzip.open(os.path.join(DATA, "stops-watch-v5.4-hold.jsonl.gz"), "rt") as f:
+        head = json.loads(f.readline())
+    facts = KernelFacts.from_json(head["facts"])
+    assert facts.hold["point"][1] == "break"
+    sites = H.HoldConfig.from_json(head["hold"]).sites
+    cov_only, held = H.HoldConfig(0, sites), H.HoldConfig(500, sites)
+
+    def engine(kind, cfg):
+        return E.make(facts, CheckMode.FULL, kind, T.Tracker(CheckMode.FULL, 0, facts.handler_name), hold=cfg)
+    w = engine(E.Engine.WATCH, cov_only)
+    assert w.hold is None and "hold" not in {p.kind for p in w.wants()}
+    assert coverage_line(w.coverage()) == "coverage: " + H.COVERAGE_BREAK
+    assert engine(E.Engine.WATCH, held).hold is not None
+    assert engine(E.Engine.BREAKPOINTS, cov_only).hold is not None
