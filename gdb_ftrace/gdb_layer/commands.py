@@ -434,13 +434,15 @@ class Report(_Sub):
                 raise UserError(f"cannot read {args.json}: {e}") from None
             problems, coverage = report.checker_problems(meta), meta.get("coverage")
         elif c is not None:
-            events = c.events + c.tracker.open_events()
+            from .guest import tools
+
+            events, meta = c.events + c.tracker.open_events(), {"tools": tools()}
             problems, coverage = report.checker_problems({"errors": c.errors}), c.engine.coverage()
         else:
             raise UserError("no events: run 'ftrace-int3 arm' first (or give --json FILE)")
         lines, summary = report.render(events, problems=problems, rows=args.rows)
-        cov = report.coverage_line(coverage)
-        gdb.write("\n".join(lines + ([cov] if cov else [])) + "\n" + summary.line() + "\n")
+        cov, used = report.coverage_line(coverage), report.tools_line(meta)
+        gdb.write("\n".join(([used] if used else []) + lines + ([cov] if cov else [])) + "\n" + summary.line() + "\n")
 
 
 class Check(_Sub):
