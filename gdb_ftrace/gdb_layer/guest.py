@@ -14,12 +14,16 @@ from . import mem, symbols
 class GdbGuest:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
+        self._ncpus = 0
 
     def cpu(self) -> int:
         return mem.vcpu_index()
 
     def ncpus(self) -> int:
-        return len(gdb.selected_inferior().threads())
+        """QEMU's vCPUs, asked once: Inferior.threads() is three gdbstub round trips."""
+        if not self._ncpus:
+            self._ncpus = len(gdb.selected_inferior().threads())
+        return self._ncpus
 
     def reg(self, name: str) -> int:
         return mem.reg(name)

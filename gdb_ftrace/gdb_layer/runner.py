@@ -168,8 +168,9 @@ def drive(c: "checker.Checker | None", deadline: "_Ender | None" = None) -> str:
                 gdb.execute("continue", to_string=True)
             except gdb.error as e:
                 return f"target gone: {e}"
-            inf = gdb.selected_inferior()
-            if not inf.pid or not inf.threads():
+            # Not inf.threads(): that asks the stub for its thread list (three round trips) at
+            # every real stop; a gone target has no pid or no selected thread.
+            if not gdb.selected_inferior().pid or gdb.selected_thread() is None:
                 return "guest exited"
             if deadline is not None and deadline.fired:
                 return deadline.why
