@@ -7,13 +7,13 @@ the tests are skipped and say so. The first build takes about 10 minutes on
 2 cores, then the VM is cached like the Debian ones.
 """
 
-import glob
 import os
 import subprocess
 
 import pytest
 
 from gdb_ftrace.core import report
+from gdb_ftrace.core.shared import seed_era_tarball
 
 from .helpers import ROOT, start_check, summary
 
@@ -23,8 +23,7 @@ BUILD_VM = os.path.join(ROOT, "vm-images", "build-vm")
 def _ksrc() -> str | None:
     if os.environ.get("KSRC"):
         return os.environ["KSRC"]
-    found = sorted(glob.glob(os.path.join(ROOT, "..", "shared", "kernels", "linux-5.4.*.tar.*")))
-    return found[-1] if found else None
+    return seed_era_tarball(ROOT)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,8 @@ import subprocess
 
 import pytest
 
+from gdb_ftrace.core.shared import seed_era_tarball
+
 from . import own_tree
 from .helpers import ROOT, start_check, summary
 
@@ -37,10 +39,10 @@ OLD_KLP = os.path.join(DATA, "klp-pre-5.1", "linux", "livepatch.h")
 def _tarball() -> str:
     if os.environ.get("KSRC", "").endswith((".tar.xz", ".tar.gz")):
         return os.environ["KSRC"]
-    found = sorted(glob.glob(os.path.join(ROOT, "..", "shared", "kernels", "linux-5.4.*.tar.*")))
-    if not found:
+    found = seed_era_tarball(ROOT)
+    if found is None:
         pytest.skip("no v5.4 release tarball: set KSRC=<linux-5.4.x.tar.xz> (or put one in ../shared/kernels/)")
-    return found[-1]
+    return found
 
 
 def build_vm(*args, timeout=2700, cache=None):

@@ -151,3 +151,15 @@ def test_an_unknown_error_is_not_explained(tmp_path):
     log = tmp_path / "build.log"
     log.write_text("drivers/foo.c:1:1: error: expected ';' before '}' token\n")
     assert toolchain.explain(log.read_text()) == [] and toolchain.main([str(log)]) == 1
+
+
+def test_the_seed_era_tarball_is_the_newest_v54_beside_the_checkout(tmp_path):
+    from gdb_ftrace.core.shared import seed_era_tarball
+
+    root, kernels = tmp_path / "main", tmp_path / "shared" / "kernels"
+    root.mkdir()
+    assert seed_era_tarball(str(root)) is None
+    kernels.mkdir(parents=True)
+    for name in ("linux-5.4.99.tar.xz", "linux-5.4.286.tar.xz", "linux-6.1.1.tar.xz"):
+        (kernels / name).write_bytes(b"")
+    assert seed_era_tarball(str(root)) == str(kernels / "linux-5.4.286.tar.xz")
