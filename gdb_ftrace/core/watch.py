@@ -52,6 +52,7 @@ class WatchStats:
     late_entries_dropped: int = 0  # reported after the emulation changed pt_regs: not an entry
     returns: int = 0  # handler returns reported right after its `ret`
     late_returns: int = 0  # reported in the exit path: pt_regs read there, return value inferred
+    exit_returns: int = 0  # v5.2-v5.5 landing modes: do_int3's return read where the exit path tests regs->cs
     lost_returns: int = 0  # never reported: the event ends INCOMPLETE
     landing_stops: int = 0  # stops for an emulated int3's landing (its regs->cs read)
     landings_before_iret: int = 0  # of those, in the exit path: the frame the iretq loads
@@ -309,13 +310,26 @@ class WatchEngine(EngineBase):
         want = set(self._static)
         if self._percpu_wait is not None:
             want.add(self._percpu_wait)
-        want.update(Point("slot", ev.handler_rsp, "read", 8) for ev in t.open_events() if ev.handler_rsp is not None)
+        opened = [ev for ev in t.open_events() if ev.handler_rsp is not None]
+        if self.returns_at_exit:  # do_int3's return and the landing: one stop, at the exit path's cs test
+            want.update(Point("cs", (ev.regs_addr + IP_OFF + 8) & MASK64, "read", 8) for ev in opened)
+        else:
+            want.update(Point("slot", ev.handler_rsp, "read", 8) for ev in opened)
         if self.mode.follows_landing:
             want.update(Point("cs", (ev.regs_addr + IP_OFF + 8) & MASK64, "read", 8)
                         for ev in t.landing_events().values())
         if t.has_unhandled() and not self.facts.watch_fn:  # watch_fn: its return is after every follow-up
             want.update(Point("kprobe", r) for r in self.facts.followups)
         return frozenset(want)
+
+    @property
+    def returns_at_exit(self) -> bool:
+        """v5.2-v5.5 in landing/full: no watchpoint on do_int3's return slot. do_int3 returns
+        nothing (its handler's return value is inferred from pt_regs either way) and its
+        exit path tests regs->cs before the iretq, where pt_regs is what the handlers left:
+        that stop reads the return and the landing, 2 stops per int3 instead of 3 (QEMU 7.2
+        reported every such cs read before the iretq in the 5.4.286 runs: docs/cost.md)."""
+        return bool(self.facts.watch_fn) and self.mode.follows_landing
 
     def stats(self) -> dict[str, int]:
         return self.st.to_json()
@@ -353,8 +367,12 @@ class WatchEngine(EngineBase):
             st.lost_returns += 1
             self.feed(T.LostStop(cpu, ev.handler_rsp, LOST_REGS_GONE))
         elif what == "late-return":
-            st.late_returns += 1
-            self._late_return(g, cpu, ev)
+            if self.returns_at_exit:
+                st.exit_returns += 1
+                self._fn_return(g, cpu, (ev.handler_rsp + 8) & MASK64, ev, at_exit=True)
+            else:
+                st.late_returns += 1
+                self._late_return(g, cpu, ev)
             landing = t.landing_events().get(cpu) if self.mode.follows_landing else None
             if landing is not None and classify(p, rip, rsp, [], landing, IP_OFF, calls_out)[0] == "before-iret":
                 self._before_iret(g, cpu, landing)
@@ -413,7 +431,7 @@ class WatchEngine(EngineBase):
         self.feed(T.HandlerReturnStop(cpu, (ev.handler_rsp + 8) & MASK64, rax, after, pushed, self._done(done),
                                       note=note))
 
-    def _fn_return(self, g, cpu: int, rsp: int, ev) -> None:
+    def _fn_return(self, g, cpu: int, rsp: int, ev, at_exit: bool = False) -> None:
         """do_int3 (v5.2-v5.5) has returned. It returns nothing, and after the handlers it
         asks kprobes and the die notifiers, which change pt_regs too (the boot int3
         self-test's notifier). So the handler's return value is inferred from pt_regs only
@@ -426,6 +444,8 @@ class WatchEngine(EngineBase):
         note = (f"{fn} returned: the return value of {ev.handler} ({rax}) inferred from regs->ip" if claimed else
                 f"{fn} returned; {ev.handler} does not claim this site, so it returned 0 (pt_regs "
                 f"{'changed after it: a kprobe or a die notifier' if inferred_return(ev.before, after) else 'unchanged'})")
+        if at_exit:
+            note += "; pt_regs read where the exit path tests regs->cs, before the iretq"
         self.handler_returned(g, cpu, rsp, rax, ev, note=note)
         if not rax:
             self.tracker.settled(cpu)

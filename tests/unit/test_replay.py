@@ -129,6 +129,9 @@ def test_v54_watch_stream_reads_modifying_ftrace_code_in_do_int3():
     assert all(e.expected.kind == "CALL" and e.after["ip"] == e.ftrace["regs_caller"] for e in calls)
     assert all(e.verdict == "VERIFIED" for e in calls)
     assert {e.verdict for e in r.tracker.events} <= {"VERIFIED", "OTHER"}
+    # mode full: no return slot; do_int3's return is read at the exit path's regs->cs test
+    st = r.engine.stats()
+    assert st["returns"] == 0 and st["exit_returns"] >= len(calls) and st["landings_before_iret"] >= len(calls)
 
 
 def test_v54_watch_skip_call_stream_gives_wrong_target():
