@@ -310,14 +310,16 @@ class WatchEngine(EngineBase):
         want = set(self._static)
         if self._percpu_wait is not None:
             want.add(self._percpu_wait)
+        def cs(ev) -> Point:
+            return Point("cs", (ev.regs_addr + IP_OFF + 8) & MASK64, "read", 8)
+
         opened = [ev for ev in t.open_events() if ev.handler_rsp is not None]
         if self.returns_at_exit:  # do_int3's return and the landing: one stop, at the exit path's cs test
-            want.update(Point("cs", (ev.regs_addr + IP_OFF + 8) & MASK64, "read", 8) for ev in opened)
+            want.update(cs(ev) for ev in opened)
         else:
             want.update(Point("slot", ev.handler_rsp, "read", 8) for ev in opened)
         if self.mode.follows_landing:
-            want.update(Point("cs", (ev.regs_addr + IP_OFF + 8) & MASK64, "read", 8)
-                        for ev in t.landing_events().values())
+            want.update(cs(ev) for ev in t.landing_events().values())
         if t.has_unhandled() and not self.facts.watch_fn:  # watch_fn: its return is after every follow-up
             want.update(Point("kprobe", r) for r in self.facts.followups)
         return frozenset(want)
