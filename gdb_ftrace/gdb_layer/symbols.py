@@ -166,7 +166,6 @@ class _SiteTables:
     def __init__(self) -> None:
         self.jump: dict = {}
         self.scall: dict = {}
-        self.ftrace: set[int] = set()
         self.errors: list[str] = []
         for name, start, stop, decode in (
                 ("jump", "__start___jump_table", "__stop___jump_table", sites.decode_jump_table),
@@ -179,15 +178,14 @@ class _SiteTables:
                 self.errors.append(f"cannot read {start}")
                 continue
             setattr(self, name, decode(buf, a))
-        self.ftrace_read_at = 0.0
-        self.read_ftrace()
+        self.ftrace = sites.FtraceRecords(self._read_ftrace, time.monotonic)
 
-    def read_ftrace(self) -> None:
+    def _read_ftrace(self) -> set[int]:
         try:
-            self.ftrace = _ftrace_locations()
+            return _ftrace_locations()
         except (gdb.error, ValueError) as e:
             self.errors.append(f"ftrace records: {e}")
-        self.ftrace_read_at = time.monotonic()
+            return self.ftrace.addrs if hasattr(self, "ftrace") else set()  # the last good read
 
 
 def _ftrace_locations(max_pages: int = 100000) -> set[int]:
@@ -222,23 +220,18 @@ def _site_tables() -> _SiteTables:
     return _SiteTables()
 
 
-def is_ftrace_location(addr: int, max_age: float = 1.0) -> bool:
-    """ftrace_location(addr) != 0, from the guest's ftrace records. A miss re-reads
-    them (at most once per max_age seconds): modules add records after boot."""
-    tables = _site_tables()
-    if addr in tables.ftrace:
-        return True
-    if time.monotonic() - tables.ftrace_read_at > max_age:
-        tables.read_ftrace()
-        return addr in tables.ftrace
-    return False
+def is_ftrace_location(addr: int) -> bool:
+    """ftrace_location(addr) != 0, from the guest's ftrace records (core.sites.FtraceRecords:
+    when a miss re-reads them)."""
+    t = _site_tables()
+    return t.ftrace.contains(addr, addr in t.jump or addr in t.scall)
 
 
 def site_kind(addr: int, site_sym: str) -> str:
     """'ftrace', 'jump label KEY', 'static_call NAME', or ''."""
     tables = _site_tables()
     kind = sites.site_kind(addr, site_sym, tables.jump, tables.scall, vmlinux_symbol)
-    if not kind and addr in tables.ftrace:
+    if not kind and addr in tables.ftrace.addrs:
         kind = "ftrace"
     return kind
 

@@ -141,3 +141,21 @@ def test_a_v54_detour_is_judged_as_a_detour():
     exp = insn.expected_effect(loc, site, 0, None)
     assert (exp.kind, exp.emulate, exp.ip, exp.sp_delta, exp.push) == ("DETOUR", True, site + 5, 0, None)
     assert insn.PokeLoc.from_json(loc.to_json()) == loc
+
+
+def test_ftrace_records_reread_on_a_miss_once_a_second_never_for_a_jump_label():
+    """v5.4.286 run (slide 0x10200000): every int3 asks ftrace_int3_handler first, so the
+    44 int3s at ttwu_do_wakeup's jump label each looked the site up in the ftrace records;
+    cmdline_proc_show's fentry site came with the livepatch module's records."""
+    from gdb_ftrace.core import sites
+    fentry, jump_site = 0xFFFFFFFF91463BF0, 0xFFFFFFFF9129231C
+    now, reads = [0.0], [set(), {fentry}, {fentry}]  # what each read of the records returns
+    recs = sites.FtraceRecords(lambda: reads.pop(0), lambda: now[0])
+    assert recs.reads == 1 and not recs.addrs
+    assert not recs.contains(jump_site, other=True) and recs.reads == 1
+    now[0] = 5.0
+    assert not recs.contains(jump_site, other=True) and recs.reads == 1  # a jump label: never re-read
+    assert recs.contains(fentry) and recs.reads == 2  # a miss after max_age: re-read, found
+    assert not recs.contains(fentry + 1) and recs.reads == 2  # within max_age of the last read
+    now[0] = 6.5
+    assert not recs.contains(fentry + 1) and recs.reads == 3
