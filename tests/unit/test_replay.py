@@ -179,3 +179,19 @@ def test_a_pre_series_kernel_is_its_own_skip_call():
     assert all(e.after["ip"] == e.site + 5 and e.reasons[-1] == ftrace_era.PRE_SERIES for e in bad)
     assert all(e.ftrace["update_func_call"] is None for e in r.tracker.events if e.ftrace)
     assert {e.verdict for e in r.tracker.events} <= {"VERIFIED", "WRONG-TARGET", "OTHER"}
+
+
+@pytest.mark.parametrize("name", STREAMS)
+def test_event_json_is_what_asdict_gives(name):
+    """Int3Event.to_json copies field by field; every recorded event gives what
+    dataclasses.asdict (with the hex, the nested to_json and `installed`) gave."""
+    import dataclasses
+    from gdb_ftrace.core.insn import classify_bytes
+    for ev in live(name)[0]:
+        d = dataclasses.asdict(ev)
+        d.update(site_bytes=ev.site_bytes.hex(), loc=ev.loc.to_json() if ev.loc else None,
+                 stale_loc=ev.stale_loc.to_json() if ev.stale_loc else None,
+                 expected=ev.expected.to_json() if ev.expected else None,
+                 installed=classify_bytes(ev.loc.installed) if ev.loc else None,
+                 followups=[f.to_json() for f in ev.followups])
+        assert ev.to_json() == d, ev.seq
