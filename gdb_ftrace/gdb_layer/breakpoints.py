@@ -18,6 +18,8 @@ from typing import Callable
 
 import gdb
 
+from . import mem
+
 MAX_ERRORS = 50
 
 
@@ -113,6 +115,7 @@ class BreakpointSet:
             if self.halt:
                 return True
             t0 = time.perf_counter()
+            mem.in_callback[0] = True
             try:
                 real = self.on_stop(at)
                 self.real_stops += bool(real)
@@ -126,6 +129,7 @@ class BreakpointSet:
                     traceback.print_exc(file=sys.stderr)
                 return False
             finally:
+                mem.in_callback[0] = False
                 self.hits += 1
                 self.callback_s += time.perf_counter() - t0
         return run

@@ -47,8 +47,18 @@ def write(addr: int, data: bytes) -> None:
     gdb.selected_inferior().write_memory(addr, data)
 
 
+# True while a breakpoint callback runs (BreakpointSet sets it): there the selected frame is
+# the stop's frame 0, and `$reg` reads it without building a gdb.Frame. newest_frame()
+# computes the frame's id (its unwinder, DWARF CFI): 0.23 ms a stop against 0.02 for
+# parse_and_eval("$rip") (gdb 13.1, 6.12 vmlinux with DWARF), a sixth of the checker's
+# Python per stop. Outside a callback the user may have selected another frame.
+in_callback = [False]
+
+
 def reg(name: str) -> int:
     """A register of the stopped vCPU, as an unsigned 64-bit int."""
+    if in_callback[0]:
+        return int(gdb.parse_and_eval(f"${name}")) & MASK64
     return int(gdb.newest_frame().read_register(name)) & MASK64
 
 
