@@ -188,8 +188,14 @@ def test_arm_in_a_session_stopped_mid_run_keeps_the_users_breakpoints(vm_dir, tm
     with a breakpoint of their own. arm finds the slide and moves the symbols (their
     breakpoint follows), run checks, disarm leaves nothing of ours in."""
     qemu, port = user_qemu(vm_dir, tmp_path)
-    interrupt_later = ("python import threading; threading.Timer(12, lambda: gdb.post_event("
-                       "lambda: gdb.execute('interrupt'))).start()")
+    # Ctrl-C as a user gives it: again while the guest still runs. QEMU drops an interrupt
+    # that arrives while gdb steps over a breakpoint (runner._Ender repeats its own for that);
+    # a single one hung this test in CI (180 s). Daemon timers: gdb's exit must not wait.
+    interrupt_later = ("python import threading; "
+                       "poke = lambda: (gdb.selected_thread() is not None and gdb.selected_thread().is_running() "
+                       "and gdb.execute('interrupt')); "
+                       "ts = [threading.Timer(d, lambda: gdb.post_event(poke)) for d in (12, 16, 20, 26, 34, 44)]; "
+                       "[setattr(t, 'daemon', True) or t.start() for t in ts]")
     probe = ("python from gdb_ftrace.gdb_layer import kernel; k = kernel.info(); "
              "print('OURS', ' '.join(hex(a) for a in [k.handler, k.int3_entry, k.iret] + [r for _, r in k.returns]))")
     try:
