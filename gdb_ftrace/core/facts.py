@@ -170,6 +170,15 @@ class KernelFacts:
         raw = g.read((u64(g, self.per_cpu_offset + 8 * cpu) + self.percpu_refs) & MASK64, 4)
         return int.from_bytes(raw, "little", signed=True) if raw is not None else None
 
+    @property
+    def word_behind_refcount(self) -> bool:
+        """v6.0-v6.15: the watched word (bp_desc.nr_entries) is read only after try_get_desc()
+        took a reference; a handler that found the refcount at 0 (no batch in flight, as that
+        CPU saw it) returns 0 without reading it. Elsewhere every kernel int3 reads the word."""
+        d = self.desc
+        return (not self.watch_fn and self.percpu_refs is None and d is not None and not d.is_pointer
+                and d.refs_off is not None)
+
     def watch_addrs(self, g: Guest) -> list[int]:
         """Where the watch engine's batch word is: one address, or one per CPU (v6.16+)."""
         d = self.desc

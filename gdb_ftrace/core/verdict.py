@@ -71,6 +71,11 @@ def _judge(ev: Int3Event) -> tuple[str, list[str], Expected | None]:
     if loc is None:
         if ev.ret == 0 and ev.stale_loc is not None:
             st = ev.stale_loc
+            if ev.seen_at == "oops_enter":  # the handler read no batch: none was in flight for it
+                return "MISSED", [
+                    f"the handler found no batch in flight (first seen at oops_enter: it never read the "
+                    f"batch) and returned 0; the site is entry {st.index} of a batch not in flight then "
+                    f"(installing {classify_bytes(st.installed)}): the int3 arrived late"], None
             return "MISSED", [
                 f"site was entry {st.index} of the batch that had just finished (installing "
                 f"{classify_bytes(st.installed)}); the int3 arrived late and the handler returned 0"], None

@@ -534,6 +534,11 @@ class WatchEngine(EngineBase):
             if regs is not None:
                 self.st.oops_int3s += 1
                 entry = self.read_handler_entry(g, self.facts.handler_name, regs, seen_at="oops_enter")
+                if self.facts.word_behind_refcount and entry.batch.live:
+                    # The handler never read nr_entries: it found the refcount at 0, no batch in
+                    # flight. The batch live now began after (tcg-multi, toggling one site: a
+                    # stale int3 of the batch before it); judge against it as not in flight.
+                    entry = dataclasses.replace(entry, batch=dataclasses.replace(entry.batch, live=False, stale=True))
                 self.feed(entry)
                 after = {"ip": entry.regs["ip"], "sp": entry.regs["sp"]}  # a handler returning 0 changed nothing
                 self.feed(T.HandlerReturnStop(cpu, 0, 0, after))

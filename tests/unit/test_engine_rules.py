@@ -148,3 +148,37 @@ def test_per_cpu_words_wait_for_the_per_cpu_offsets():
     e.stop("percpu", w.on(0))
     assert {p.addr for p in e.wants() if p.at == "word"} == {0xFFFF888100000000 + refs, 0xFFFF888200000000 + refs}
     assert not any(p.at == "percpu" for p in e.wants())
+
+
+class _Oopsing(F.FakeGuest):
+    """A vCPU in oops_enter, called by die("int3", regs) (its arguments two frames up)."""
+
+    def __init__(self, world, cpu, regs_addr):
+        super().__init__(world, cpu)
+        self.regs_addr = regs_addr
+
+    def frame_names(self, depth):
+        return ["oops_enter", "oops_begin", "die"][:depth]
+
+    def die_args(self, depth):
+        return "int3\0", self.regs_addr
+
+
+def test_an_int3_first_seen_at_oops_with_a_batch_live_now_is_a_late_int3_on_v6_0_v6_15():
+    """CI, tcg-multi on 6.12.118 (2026-12-07): cmdline_proc_show+0x4 oopsed on an int3 whose
+    handler never read bp_desc.nr_entries, i.e. try_get_desc() found the refcount at 0; by
+    oops_enter the next batch re-patching the same site was live. That was judged against the
+    new batch ("site is entry 0 of 1 ... handler returned 0") and hinted as a handler bug.
+    v6.0-v6.15 read the word only behind the refcount: such an int3 had no batch in flight."""
+    from gdb_ftrace.core import report
+
+    w, t, e = _engine(CheckMode.FULL)
+    r = w.int3(1, F.SITE_CALL)  # no word stop: the handler found no batch
+    w.put(F.SITE_CALL, bytes.fromhex("cc076ab8ff53488b"))  # the new batch's int3 over the old CALL
+    e.stop("oops", _Oopsing(w, 1, r))
+    [ev] = t.events
+    assert ev.verdict == "MISSED" and ev.loc is None and ev.stale_loc is not None, (ev.verdict, ev.reasons)
+    assert "found no batch in flight" in ev.reasons[0] and ev.seen_at == "oops_enter"
+    hints = report.missed_hints([ev], "tcg-multi")
+    assert "came after the batch covering the site had finished" in hints[0]
+    assert any("ACCEL=tcg-multi" in h for h in hints) and not any("handler bug" in h for h in hints)
