@@ -105,15 +105,18 @@ def test_bench_seed_era_and_trace_all_each_against_their_own_attached_run():
                 for w in walls]
     results = {"attached": recs((17.0, 17.0), 30000, 0),
                "v5.4-attached": recs((20.0, 22.0), 12000, 0, phase_s=5.0, phase_events=0),
-               "v5.4-full": recs((22.0, 24.0), 11000, 400, phase_s=6.0, phase_events=380),
-               "v5.4-full-bp": recs((60.0, 62.0), 1500, 200, phase_s=41.0, phase_events=180),
+               "v5.4-full": recs((22.0, 24.0), 11000, 400, phase_s=6.0, phase_events=380,
+                                 calls={"ftrace_regs_caller": 61, "ftrace_caller": 3}),
+               "v5.4-full-bp": recs((60.0, 62.0), 1500, 200, phase_s=41.0, phase_events=180, calls={}),
                "trace-all-attached": recs((100.0,), 0, 0), "trace-all": recs((140.0,), 0, 5000, incomplete=3)}
     # Over the scenario phase: watch (6 - 5) s / 380 = 2.6 ms; breakpoints (41 - 5) s / 180 = 200 ms.
     # Whole runs: watch (23 - 21) s / 400 = 5.0 ms; breakpoints (61 - 21) s / 200 = 200 ms. Reads 12000/11000.
     line = bench.seed_line(results, "k.tar.xz")
     assert line.startswith("v5.4 (seed era, 5.4.286, mode full, attached 21.0 s, 12000 reads): ")
-    assert "watch 2.6 ms per int3 (whole run 5.0 ms, 400 int3s, 1.09x fewer guest reads, PASS)" in line
-    assert "breakpoints 200.0 ms per int3 (whole run 200.0 ms, 200 int3s, 8.00x fewer guest reads, PASS)" in line
+    assert ("watch 2.6 ms per int3 (whole run 5.0 ms, 400 int3s, 1.09x fewer guest reads, PASS, "
+            "61 CALLs into ftrace_regs_caller VERIFIED per run)") in line
+    assert ("breakpoints 200.0 ms per int3 (whole run 200.0 ms, 200 int3s, 8.00x fewer guest reads, PASS, "
+            "0 CALLs into ftrace_regs_caller VERIFIED per run)") in line
     # A run without its phase (the guest's marks not seen): whole runs for that setup.
     nophase = {**results, "v5.4-full": [dict(r, phase_s=None) for r in results["v5.4-full"]]}
     assert bench.ms_per_int3(nophase, "v5.4-full", "v5.4-attached") == pytest.approx(5.0)
@@ -159,3 +162,20 @@ def test_bench_hold_line_per_held_batch_against_full():
     assert "ends {'covered': 121, 'time': 1}" in line and "= 57 ms per held batch" in line
     assert line.endswith("hold-site batches hit 61/61 vs 53/60 without")
     assert bench.hold_line({"full": results["full"]}) == "hold: not measured"
+
+
+def test_bench_counts_verified_calls_by_target_from_the_event_log(tmp_path):
+    """The seed era's acceptance wants CALLs into ftrace_regs_caller verified: counted from
+    the run's event log (final 'event' records only, VERIFIED CALLs only)."""
+    bench = load("bench-stops")
+    log = tmp_path / "events.jsonl"
+    rows = [{"record": "meta"},
+            {"record": "handler_entry", "verdict": "", "expected": None},
+            {"record": "event", "verdict": "VERIFIED", "expected": {"kind": "CALL"}, "target_sym": "ftrace_regs_caller"},
+            {"record": "event", "verdict": "VERIFIED", "expected": {"kind": "CALL"}, "target_sym": "ftrace_regs_caller"},
+            {"record": "event", "verdict": "WRONG-TARGET", "expected": {"kind": "CALL"}, "target_sym": "ftrace_regs_caller"},
+            {"record": "event", "verdict": "VERIFIED", "expected": {"kind": "JMP"}, "target_sym": "x"},
+            {"record": "event", "verdict": "VERIFIED", "expected": {"kind": "CALL"}, "target_sym": ""}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.verified_calls(str(log)) == {"ftrace_regs_caller": 2, "?": 1}
+    assert bench.verified_calls(str(tmp_path / "none.jsonl")) == {}
