@@ -85,6 +85,8 @@ def watch_word(desc, percpu_refs: int | None, ftrace_handler: bool = False) -> t
     that the patching CPU does not read:
       v5.2-v5.5: modifying_ftrace_code, do_int3's first load (atomic_read), for every
                  int3; ftrace only increments and decrements it around its patching
+                 (single-threaded TCG reports that lock inc/dec as a read too: the stop
+                 is outside do_int3 and passed)
       v6.0-v6.15 (and backports): bp_desc.nr_entries, read once the refcount is taken
                  (an int3 no batch covers is seen at oops_enter instead)
       v5.6-v5.19 (pointer): bp_desc, read first by every kernel int3
