@@ -7,6 +7,7 @@ import fakeguest as F
 import pytest
 
 from gdb_ftrace.core import engine as E
+from gdb_ftrace.core import report
 from gdb_ftrace.core import tracker as T
 from gdb_ftrace.core.inject import Injector
 from gdb_ftrace.core.mode import CheckMode
@@ -170,8 +171,6 @@ def test_an_int3_first_seen_at_oops_with_a_batch_live_now_is_a_late_int3_on_v6_0
     oops_enter the next batch re-patching the same site was live. That was judged against the
     new batch ("site is entry 0 of 1 ... handler returned 0") and hinted as a handler bug.
     v6.0-v6.15 read the word only behind the refcount: such an int3 had no batch in flight."""
-    from gdb_ftrace.core import report
-
     w, t, e = _engine(CheckMode.FULL)
     r = w.int3(1, F.SITE_CALL)  # no word stop: the handler found no batch
     w.put(F.SITE_CALL, bytes.fromhex("cc076ab8ff53488b"))  # the new batch's int3 over the old CALL

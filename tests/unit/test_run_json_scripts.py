@@ -166,16 +166,11 @@ def test_bench_hold_line_per_held_batch_against_full():
 
 def test_bench_counts_verified_calls_by_target_from_the_event_log(tmp_path):
     """The seed era's acceptance wants CALLs into ftrace_regs_caller verified: counted from
-    the run's event log (final 'event' records only, VERIFIED CALLs only)."""
+    the run's event log as the report reads it. Recorded 5.4.286 runs: the livepatch scenario
+    verifies 60; with INJECT=skip-call the same 60 CALLs are WRONG-TARGET and count 0."""
     bench = load("bench-stops")
-    log = tmp_path / "events.jsonl"
-    rows = [{"record": "meta"},
-            {"record": "handler_entry", "verdict": "", "expected": None},
-            {"record": "event", "verdict": "VERIFIED", "expected": {"kind": "CALL"}, "target_sym": "ftrace_regs_caller"},
-            {"record": "event", "verdict": "VERIFIED", "expected": {"kind": "CALL"}, "target_sym": "ftrace_regs_caller"},
-            {"record": "event", "verdict": "WRONG-TARGET", "expected": {"kind": "CALL"}, "target_sym": "ftrace_regs_caller"},
-            {"record": "event", "verdict": "VERIFIED", "expected": {"kind": "JMP"}, "target_sym": "x"},
-            {"record": "event", "verdict": "VERIFIED", "expected": {"kind": "CALL"}, "target_sym": ""}]
-    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert bench.verified_calls(str(log)) == {"ftrace_regs_caller": 2, "?": 1}
+    data = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
+    assert bench.verified_calls(os.path.join(data, "events-livepatch-trace-5.4.286-src-full.jsonl.gz")) == \
+        {"ftrace_regs_caller": 60}
+    assert bench.verified_calls(os.path.join(data, "events-inject-skip-call-5.4.286-src-full.jsonl.gz")) == {}
     assert bench.verified_calls(str(tmp_path / "none.jsonl")) == {}
